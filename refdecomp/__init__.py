@@ -1,0 +1,38 @@
+"""refdecomp: decompose trained Keras CNNs into reusable, replaceable per-class modules.
+
+A framework-free reference interpreter (NumPy + Numba) reads Keras files, computes what Keras
+computes, and records which nodes each class activates, in one pass, for the decomposition of
+Pan & Rajan, "Decomposing Convolutional Neural Networks into Reusable and Replaceable Modules"
+(ICSE 2022). TensorFlow and Keras are never imported.
+"""
+from __future__ import annotations
+
+from .errors import (
+    DataError,
+    ModelFormatError,
+    ModuleFileError,
+    RefdecompError,
+    UnsupportedLayerError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "RefdecompError",
+    "ModelFormatError",
+    "UnsupportedLayerError",
+    "DataError",
+    "ModuleFileError",
+    "load_model",
+]
+
+
+def load_model(path, architecture=None, *, fold: bool = True):
+    """Read a Keras model file (legacy HDF5, `.keras` archive, or weights-only file plus an
+    `architecture`: a JSON config file or a full model file) into a `Model` that runs on
+    refdecomp's own interpreter. Nothing in the file is executed."""
+    from .interpreter import Model
+    from .reader import read_graph
+
+    return Model(read_graph(path, architecture=architecture), fold=fold)

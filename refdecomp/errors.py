@@ -1,0 +1,33 @@
+"""The one error family refdecomp raises for bad input.
+
+Every message names the file, layer (name and class) or argument at fault, says why, and,
+where there is one, what the user can do about it.
+"""
+from __future__ import annotations
+
+
+class RefdecompError(Exception):
+    """Base class of every error refdecomp raises on purpose."""
+
+
+class ModelFormatError(RefdecompError):
+    """The file is not a model file refdecomp can read (not HDF5/zip, truncated, Git-LFS pointer,
+    Keras 1, weights-only without an architecture, ...)."""
+
+
+class UnsupportedLayerError(RefdecompError):
+    """A layer (or a whole model) that refdecomp refuses: unknown class, `Lambda` code, custom or
+    subclassed models, options it does not implement."""
+
+
+class DataError(RefdecompError):
+    """Bad or missing data: datasets, labels, shapes that do not match the model."""
+
+
+class ModuleFileError(RefdecompError):
+    """A module file that cannot be read or does not match its source model."""
+
+
+def describe_layer(name: str, keras_class: str) -> str:
+    """Uniform way to name a layer in messages: `layer 'conv2d_1' (Conv2D)`."""
+    return f"layer {name!r} ({keras_class})"
