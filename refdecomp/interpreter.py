@@ -1,0 +1,266 @@
+"""Run a `Graph` on NumPy arrays, batch by batch, applying masks and recording in the same pass.
+
+`Model.run` is the one streaming loop: every batch flows through the nodes in order, each
+intermediate is dropped as soon as its last reader has run, and only the requested outputs are
+kept. Convolution, dense, pooling and add run on the Numba kernels in `kernels/` (engine
+"numba", the default); engine "reference" runs the NumPy specification in
+`refdecomp.ops.reference` instead. Both compute the same function.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .errors import DataError, RefdecompError
+from .graph import WEIGHTED_OPS, Graph, Node
+from .ops import reference as ref
+from .transforms import optimize
+
+ENGINES = ("numba", "reference")
+
+
+class Recorder:
+    """Per-group "value > 0 was seen" bit maps for every conv2d / dense output node.
+
+    `seen[name]` is a uint8 array of shape (n_groups, *node.shape); `Model.run` sets
+    `seen[name][g, *pos] = 1` when an image of group g gives that node a value > 0 before its
+    activation (after a folded batch norm).
+    """
+
+    def __init__(self, graph: "Graph | Model", n_groups: int, nodes: Iterable[str] | None = None):
+        graph = graph.graph if isinstance(graph, Model) else graph
+        if int(n_groups) < 1:
+            raise DataError(f"Recorder: n_groups must be >= 1, got {n_groups}")
+        self.n_groups = int(n_groups)
+        names = [n.name for n in graph.nodes_of(WEIGHTED_OPS)] if nodes is None else list(nodes)
+        self.seen: dict[str, np.ndarray] = {}
+        for name in names:
+            if name not in graph or graph[name].op not in WEIGHTED_OPS:
+                raise DataError(f"Recorder: {name!r} is not a conv2d / dense node of the graph")
+            self.seen[name] = np.zeros((self.n_groups, *graph[name].shape), dtype=np.uint8)
+
+    def reset(self) -> None:
+        for a in self.seen.values():
+            a.fill(0)
+
+
+class Model:
+    """An executable model over a `Graph` (see docs/architecture.md, "Interpreter")."""
+
+    def __init__(self, graph: Graph, fold: bool = True, *, engine: str = "reference"):
+        if engine not in ENGINES:
+            raise RefdecompError(f"Model: engine must be one of {ENGINES}, got {engine!r}")
+        graph.validate()
+        self.source_graph = graph
+        self.fold = fold
+        self.engine = engine
+        if fold:
+            self.graph, self.name_map = optimize(graph)
+        else:
+            self.graph, self.name_map = graph, {n.name: n.name for n in graph}
+        self._executor = _make_executor(self.graph, engine)
+        self._audit: Model | None = None
+
+    # -- public API ----------------------------------------------------------------------
+    def with_graph(self, graph: Graph) -> "Model":
+        """A model over a modified graph (same folding and engine)."""
+        return Model(graph, fold=self.fold, engine=self.engine)
+
+    def predict(self, x, batch_size: int = 256, progress: bool = False):
+        """Outputs for `x` (an array, or a list / dict of arrays for several inputs): one array,
+        or a list of arrays when the graph has several outputs."""
+        outs = self.run(x, batch_size, progress=progress)
+        return outs[0] if len(outs) == 1 else outs
+
+    def layer_outputs(self, x, names: Sequence[str] | None = None,
+                      batch_size: int = 256) -> dict[str, np.ndarray]:
+        """`{source layer name: output}` for auditing, computed on the unfolded source graph."""
+        if self._audit is None:
+            self._audit = Model(self.source_graph, fold=False, engine=self.engine)
+        names = [n.name for n in self.source_graph] if names is None else list(names)
+        return dict(zip(names, self._audit.run(x, batch_size, outputs=names)))
+
+    def run(self, x, batch_size: int = 256, *, masks: dict[str, np.ndarray] | None = None,
+            recorder: Recorder | None = None, groups=None, outputs: Sequence[str] | None = None,
+            progress: bool = False) -> list[np.ndarray]:
+        """Stream `x` through the graph in batches. Returns the arrays of `outputs` (execution
+        node names; default the graph outputs) for all images, in order."""
+        xs = self._check_inputs(x)
+        n = len(xs[0]) if xs else 0
+        batch_size = int(batch_size)
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        out_names = list(self.graph.outputs if outputs is None else outputs)
+        for name in out_names:
+            if name not in self.graph:
+                raise DataError(f"outputs: {name!r} is not a node of the execution graph "
+                                f"(use layer_outputs for source layer names)")
+        masks = self._check_masks(masks)
+        groups = self._check_groups(groups, recorder, n)
+        results = [np.empty((n, *self.graph[m].shape), dtype=np.float32) for m in out_names]
+        starts = range(0, n, batch_size)
+        for start in _progress(starts, progress, total=len(starts)):
+            stop = min(start + batch_size, n)
+            batch = [a[start:stop] for a in xs]
+            g = None if groups is None else groups[start:stop]
+            values = self._executor(batch, masks, recorder, g, out_names)
+            for res, name in zip(results, out_names):
+                res[start:stop] = values[name]
+        return results
+
+    def summary(self) -> str:
+        """Text table of the source graph: layer, class, output shape, parameters, MACs."""
+        rows = [("Layer", "Class", "Output shape", "Params", "MACs")]
+        for node in self.source_graph:
+            rows.append((node.name, node.keras_class or node.op, str((None, *node.shape)),
+                         f"{node.n_params():,}", f"{node_macs(self.source_graph, node):,}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                           for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+        rule = "-" * len(lines[0])
+        total_p = sum(n.n_params() for n in self.source_graph)
+        lines = [f"Model: {self.source_graph.name}", rule, lines[0], rule, *lines[1:], rule,
+                 f"Total params: {total_p:,}",
+                 f"Total multiply-accumulates per image: {self.macs():,}"]
+        folded = [s for s, e in self.name_map.items() if s != e]
+        if folded:
+            lines.append(f"Folded into their producers for execution: {', '.join(folded)}")
+        return "\n".join(lines)
+
+    def macs(self) -> int:
+        """Multiply-accumulates per image of all conv2d and dense layers."""
+        return sum(node_macs(self.source_graph, n) for n in self.source_graph)
+
+    # -- checks --------------------------------------------------------------------------
+    def _check_inputs(self, x) -> list[np.ndarray]:
+        names = self.graph.inputs
+        if isinstance(x, dict):
+            missing = [k for k in names if k not in x]
+            if missing:
+                raise DataError(f"inputs {missing} missing from the dict (model inputs: {names})")
+            x = [x[k] for k in names]
+        elif not isinstance(x, (list, tuple)):
+            x = [x]
+        if len(x) != len(names):
+            raise DataError(f"model {self.graph.name!r} has {len(names)} input(s) {names}, "
+                            f"got {len(x)} array(s)")
+        arrays = []
+        for name, a in zip(names, x):
+            a = np.asarray(a)
+            want = self.graph[name].shape
+            if a.ndim != len(want) + 1 or any(w is not None and w != s
+                                              for w, s in zip(want, a.shape[1:])):
+                raise DataError(f"input {name!r} expects shape {(None, *want)} "
+                                f"(batch first), got {a.shape}")
+            if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+                raise DataError(f"input {name!r} must be numeric, got dtype {a.dtype}")
+            arrays.append(np.ascontiguousarray(a, dtype=np.float32))
+        if len({len(a) for a in arrays}) > 1:
+            raise DataError(f"inputs {names} have different numbers of images "
+                            f"{[len(a) for a in arrays]}")
+        return arrays
+
+    def _check_masks(self, masks) -> dict[str, np.ndarray]:
+        out = {}
+        for name, m in (masks or {}).items():
+            if name not in self.graph or self.graph[name].op not in WEIGHTED_OPS:
+                raise DataError(f"masks: {name!r} is not a conv2d / dense node of the execution "
+                                f"graph")
+            m = np.asarray(m)
+            if m.shape != self.graph[name].shape:
+                raise DataError(f"masks: mask for {name!r} has shape {m.shape}, expected "
+                                f"{self.graph[name].shape}")
+            out[name] = np.ascontiguousarray(m != 0, dtype=np.uint8)
+        return out
+
+    def _check_groups(self, groups, recorder: Recorder | None, n: int):
+        if recorder is None:
+            return None
+        if groups is None:
+            raise DataError("run: a recorder needs `groups` (one group id per image)")
+        groups = np.asarray(groups)
+        if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer):
+            raise DataError(f"groups must be integers of shape ({n},), got {groups.dtype} "
+                            f"{groups.shape}")
+        if n and (groups.min() < 0 or groups.max() >= recorder.n_groups):
+            raise DataError(f"groups must lie in [0, {recorder.n_groups}), got "
+                            f"[{groups.min()}, {groups.max()}]")
+        for name in recorder.seen:
+            if name not in self.graph or self.graph[name].op not in WEIGHTED_OPS:
+                raise DataError(f"recorder: {name!r} is not a conv2d / dense node of this "
+                                f"model's execution graph")
+        return np.ascontiguousarray(groups, dtype=np.int32)
+
+
+def node_macs(graph: Graph, node: Node) -> int:
+    """Multiply-accumulates per image: conv OH*OW*KH*KW*Cin*Cout, dense in*out per position."""
+    if node.op == "conv2d":
+        kh, kw, cin, cout = node.weights["kernel"].shape
+        spatial = node.shape[1:] if node.attrs.get("data_format") == "channels_first" \
+            else node.shape[:-1]
+        return int(np.prod(spatial)) * kh * kw * cin * cout
+    if node.op == "dense":
+        i, o = node.weights["kernel"].shape
+        return int(np.prod(node.shape[:-1], dtype=np.int64)) * i * o
+    return 0
+
+
+def _progress(it, enabled: bool, total: int):
+    if not enabled:
+        return it
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return it
+    return tqdm(it, total=total, unit="batch")
+
+
+# --------------------------------------------------------------------------------------------
+# executors: one batch through the graph
+# --------------------------------------------------------------------------------------------
+def _make_executor(graph: Graph, engine: str):
+    """A function (batch inputs, masks, recorder, groups, outputs) -> {name: array}."""
+    consumers = graph.consumers()
+    position = {n.name: i for i, n in enumerate(graph.nodes)}
+    last_use = {n.name: max([position[c] for c in consumers[n.name]], default=-1)
+                for n in graph.nodes}
+    kernel_ops = None
+    if engine == "numba":
+        from kernels import interface as kernel_ops  # noqa: PLC0415 (heavy import, on demand)
+        kernel_ops = kernel_ops.prepare(graph)
+
+    def execute(batch, masks, recorder, groups, outputs):
+        keep = set(outputs)
+        env: dict[str, np.ndarray] = dict(zip(graph.inputs, batch))
+        for i, node in enumerate(graph.nodes):
+            if node.op == "input":
+                continue
+            args = [env[s] for s in node.inputs]
+            seen = None if recorder is None else recorder.seen.get(node.name)
+            mask = masks.get(node.name)
+            if kernel_ops is not None and node.name in kernel_ops:
+                env[node.name] = kernel_ops[node.name](args, mask, seen, groups)
+            elif node.op in WEIGHTED_OPS:
+                env[node.name] = _reference_weighted(node, args[0], mask, seen, groups)
+            else:
+                env[node.name] = ref.run_node(node, args)
+            for s in set(node.inputs):
+                if last_use[s] == i and s not in keep:
+                    del env[s]
+        return env
+
+    return execute
+
+
+def _reference_weighted(node: Node, x: np.ndarray, mask, seen, groups) -> np.ndarray:
+    """conv2d / dense by the reference ops, with recording and masking."""
+    pre = ref.LINEAR_PART[node.op](node, x)
+    if seen is not None:
+        positive = pre > 0
+        for g in np.unique(groups):
+            seen[g] |= positive[groups == g].any(axis=0)
+    y = ref.activate(pre, node.activation, ref.describe_layer(node.name, node.keras_class))
+    if mask is not None:
+        y = y * mask
+    return y.astype(np.float32, copy=False)

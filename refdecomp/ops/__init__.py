@@ -1,0 +1,1 @@
+"""Op implementations: `reference` is the NumPy executable specification of every graph op."""
