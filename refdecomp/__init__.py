@@ -25,7 +25,12 @@ __all__ = [
     "DataError",
     "ModuleFileError",
     "load_model",
+    "decompose",
+    "load_modules",
 ]
+
+from .decompose import decompose  # noqa: E402
+from .modules import load_modules  # noqa: E402
 
 
 def load_model(path, architecture=None, *, fold: bool = True):

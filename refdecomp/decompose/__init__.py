@@ -1,0 +1,118 @@
+"""Decompose a trained CNN into one module per output class (paper Sections 3.2-3.4).
+
+`decompose` runs one streaming pass over the data recording, per group of images, which conv2d /
+dense nodes ever took a value > 0 (recording.py), then builds every module from those bits:
+Concern + Tangling Identification (concern.py, tangling.py), channeling of the head
+(channeling.py) and, optionally, backtracking (backtrack.py).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import DataError, RefdecompError
+from ..graph import WEIGHTED_OPS
+from .backtrack import MODES, prune_masks
+from .channeling import DELTA_RULES, channel_weights, channeled_graph, delta_removals, find_head
+from .concern import keep_masks
+from .recording import check_labels, plan_groups
+
+__all__ = ["decompose", "BACKTRACK_MODES", "DELTA_RULES"]
+
+#: "none": CI + TI + channeling (Table 1, "CI+TI+MC"); "last_conv": + MC-BLN; "input": + MC-BI.
+BACKTRACK_MODES = ("none", *MODES)
+
+#: Default rule for MC-BLN's head-input removal (see docs/algorithm.md for the measurement).
+DEFAULT_DELTA_RULE = "prose"
+
+
+def decompose(model, x, y, *, backtrack: str = "last_conv", delta: float = 0.5,
+              delta_rule: str = DEFAULT_DELTA_RULE, tangling: str | int = "balanced",
+              seed: int = 0, batch_size: int = 256, progress: bool = False,
+              class_names: Sequence[str] | None = None, data: str = ""):
+    """Decompose `model` into one module per output class, observing images `x` labelled `y`.
+
+    `model`: a `refdecomp.interpreter.Model` or a path to a Keras model file. `x`: images as
+    the model takes them (batch first); `y`: class indices (or one-hot). `backtrack`: "none",
+    "last_conv" (MC-BLN, the paper's choice) or "input" (MC-BI). `delta`, `delta_rule`: MC-BLN's
+    removal of head inputs (not used with backtrack="none"). `tangling`: "balanced"
+    (floor(E/(N-1)) inputs of each other class, Section 3.3), "none", or a fixed int. `seed`
+    picks the tangling samples. `data` is a free-text description stored with the modules.
+    Returns a `refdecomp.modules.ModuleSet` with `ms[c]` the module of class c.
+    """
+    from ..modules import Module, ModuleSet
+
+    if backtrack not in BACKTRACK_MODES:
+        raise RefdecompError(f"argument backtrack={backtrack!r}: expected one of "
+                             f"{BACKTRACK_MODES}")
+    if delta_rule not in DELTA_RULES:
+        raise RefdecompError(f"argument delta_rule={delta_rule!r}: expected one of "
+                             f"{DELTA_RULES}")
+    model = _as_model(model)
+    graph = model.graph
+    head, tail = find_head(graph)
+    kernel, bias = head.weights["kernel"], head.weights.get("bias")
+    n_classes = kernel.shape[1]
+    if class_names is not None and len(class_names) != n_classes:
+        raise DataError(f"class_names: {len(class_names)} names for a model with "
+                        f"{n_classes} classes")
+    n = _n_images(x)
+    y = check_labels(y, n, n_classes)
+    if n == 0:
+        raise DataError("decompose: x holds no images")
+    plan = plan_groups(y, n_classes, tangling, seed)
+    hidden = [nd.name for nd in graph.nodes_of(WEIGHTED_OPS) if nd.name != head.name]
+    seen = _record(model, x, plan, hidden, batch_size, progress)
+
+    options: dict[str, Any] = {"backtrack": backtrack, "delta": float(delta),
+                               "delta_rule": delta_rule, "tangling": tangling, "seed": int(seed)}
+    modules = []
+    for c in range(n_classes):
+        k2, b2 = channel_weights(kernel, bias, c)
+        masks = keep_masks(seen, plan.module_groups[c], hidden)
+        removed = np.zeros(k2.shape[0], dtype=bool)
+        if backtrack != "none":
+            removed = delta_removals(k2, delta, delta_rule)
+            k2[removed] = 0
+            g = channeled_graph(graph, head, tail, k2, b2)
+            masks = prune_masks(g, masks, backtrack, exclude=frozenset({head.name}))
+        info = {"observed_images": int(plan.observed(c).sum()),
+                "tangling_per_class": int(plan.tangling[c]),
+                "head_inputs_removed": int(removed.sum())}
+        modules.append(Module(model, c, k2, b2, masks,
+                              class_name=None if class_names is None else str(class_names[c]),
+                              info=info))
+    data_info = {"description": data, "n_images": n,
+                 "class_counts": plan.class_counts.tolist(),
+                 "tangling_counts": plan.tangling.tolist()}
+    return ModuleSet(modules, model, options=options, data=data_info,
+                     class_names=None if class_names is None else list(map(str, class_names)))
+
+
+def _as_model(model):
+    from ..interpreter import Model
+
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        from .. import load_model
+
+        return load_model(model)
+    raise RefdecompError(f"argument model: expected a refdecomp Model or a model file path, got "
+                         f"{type(model).__name__}")
+
+
+def _n_images(x) -> int:
+    first = x[0] if isinstance(x, (list, tuple)) else (
+        next(iter(x.values())) if isinstance(x, dict) else x)
+    return int(np.shape(first)[0]) if np.ndim(first) else 0
+
+
+def _record(model, x, plan, hidden, batch_size, progress) -> dict[str, np.ndarray]:
+    from ..interpreter import Recorder
+
+    recorder = Recorder(model.graph, plan.n_groups, nodes=hidden)
+    model.run(x, batch_size, recorder=recorder, groups=plan.groups, progress=progress)
+    return recorder.seen

@@ -1,0 +1,170 @@
+"""Figures of merit of a decomposition: composed accuracy, module size and Jaccard indices.
+
+Definitions (see docs/algorithm.md):
+
+- composed prediction: the class whose module gives the highest concerned probability; ties go
+  to the lowest class index (`np.argmax` order). top-k ranks those scores.
+- a *node* is an output element (position x channel, or unit) of a conv2d / dense layer; a
+  module keeps it when its mask is 1. The head (channeled output layer) is not counted.
+- a *weight* is one kernel entry of a hidden conv2d / dense layer. A module keeps it when at
+  least one connection through it joins a kept input node to a kept output node (for a
+  convolution: some kept output (q, cout) reads a kept input (p, cin) through that tap). An input
+  node counts as kept unless the conv2d / dense node producing it (directly or through
+  element-wise, flatten or reshape layers) masks it. Biases are not weights here.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from .graph import WEIGHTED_OPS, Graph, Node
+
+_ELEMENTWISE = frozenset({"activation", "prelu", "batch_norm", "rescaling", "normalization",
+                          "identity"})
+
+
+# -- accuracy ---------------------------------------------------------------------------------
+def composed_predict(scores: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
+    """Class of the highest score per row (ties: the first column, i.e. lowest class index)."""
+    idx = np.argmax(scores, axis=1)
+    return idx if classes is None else np.asarray(classes)[idx]
+
+
+def top_k_accuracy(scores: np.ndarray, y: np.ndarray, k: int = 1,
+                   classes: np.ndarray | None = None) -> float:
+    """Fraction of rows whose true class is among the k highest scores (stable ranking, ties
+    broken towards lower columns)."""
+    scores = np.asarray(scores)
+    y = np.asarray(y).reshape(-1)
+    if y.size == 0:
+        return float("nan")
+    k = min(int(k), scores.shape[1])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top = order if classes is None else np.asarray(classes)[order]
+    return float(np.mean(np.any(top == y[:, None], axis=1)))
+
+
+def binary_accuracy(probs2: np.ndarray, y: np.ndarray, c: int) -> float:
+    """Accuracy of a module as a binary classifier: concerned (column 0 >= column 1) <=> y == c."""
+    said = probs2[:, 0] >= probs2[:, 1]
+    return float(np.mean(said == (np.asarray(y).reshape(-1) == c)))
+
+
+# -- module size ------------------------------------------------------------------------------
+def kept_weights(graph: Graph, masks: Mapping[str, np.ndarray],
+                 exclude: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
+    """{node: bool array of its kernel's shape, True = weight kept} for conv2d / dense nodes."""
+    out = {}
+    for node in graph.nodes_of(WEIGHTED_OPS):
+        if node.name in exclude:
+            continue
+        kin = _kept_tensor(graph, node.inputs[0], masks)
+        kout = _mask(graph, node, masks)
+        if node.op == "dense":
+            fin, fout = node.weights["kernel"].shape
+            used = (kin.reshape(-1, fin).astype(np.float32).T
+                    @ kout.reshape(-1, fout).astype(np.float32)) > 0
+        else:
+            used = _conv_used(node, kin, kout)
+        out[node.name] = used
+    return out
+
+
+def module_size(graph: Graph, masks: Mapping[str, np.ndarray],
+                exclude: frozenset[str] = frozenset()) -> dict[str, float]:
+    """Nodes and weights kept by a module, in counts and fractions (see module docstring)."""
+    nodes_kept = nodes_total = 0
+    for node in graph.nodes_of(WEIGHTED_OPS):
+        if node.name not in exclude:
+            nodes_total += int(np.prod(node.shape))
+            nodes_kept += int(_mask(graph, node, masks).sum())
+    used = kept_weights(graph, masks, exclude)
+    w_kept = int(sum(u.sum() for u in used.values()))
+    w_total = int(sum(u.size for u in used.values()))
+    return {"nodes_kept": nodes_kept, "nodes_total": nodes_total,
+            "nodes_fraction": nodes_kept / nodes_total if nodes_total else 1.0,
+            "weights_kept": w_kept, "weights_total": w_total,
+            "weights_fraction": w_kept / w_total if w_total else 1.0}
+
+
+# -- Jaccard indices --------------------------------------------------------------------------
+def jaccard_set(graph: Graph, masks: Mapping[str, np.ndarray],
+                exclude: frozenset[str] = frozenset()) -> float:
+    """Set Jaccard between the module's kept weights and the model's weights.
+
+    The module's weights are a subset of the model's, so |A & B| / |A | B| = |kept| / |all|.
+    """
+    return module_size(graph, masks, exclude)["weights_fraction"]
+
+
+def jaccard_values(a: np.ndarray, b: np.ndarray) -> float:
+    """The prior work's (Pan & Rajan, FSE'20) value-based index between two weight lists.
+
+    |distinct values common to both| / (len(a) + len(b) - that number). It compares weight
+    *values*, not positions, and counts duplicates on one side only: it is not a set Jaccard.
+    """
+    a = np.asarray(a).reshape(-1)
+    b = np.asarray(b).reshape(-1)
+    common = np.intersect1d(a, b).size
+    denom = a.size + b.size - common
+    return common / denom if denom else 1.0
+
+
+def effective_kernels(graph: Graph, masks: Mapping[str, np.ndarray],
+                      exclude: frozenset[str] = frozenset()) -> np.ndarray:
+    """All conv2d / dense kernels, flattened and concatenated in graph order, with the weights
+    the module does not keep set to 0 (nodes in `exclude` are taken as they are)."""
+    used = kept_weights(graph, masks, exclude)
+    parts = []
+    for node in graph.nodes_of(WEIGHTED_OPS):
+        k = node.weights["kernel"]
+        parts.append((k if node.name in exclude else np.where(used[node.name], k, 0)).ravel())
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def model_kernels(graph: Graph) -> np.ndarray:
+    """All conv2d / dense kernels of a model, flattened and concatenated in graph order."""
+    parts = [n.weights["kernel"].ravel() for n in graph.nodes_of(WEIGHTED_OPS)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _mask(graph: Graph, node: Node, masks: Mapping[str, np.ndarray]) -> np.ndarray:
+    m = masks.get(node.name)
+    return np.ones(node.shape, dtype=bool) if m is None else np.asarray(m) != 0
+
+
+def _kept_tensor(graph: Graph, name: str, masks: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Kept map of a tensor: its producer's mask, followed through element-wise, flatten and
+    reshape layers; everything else counts as kept."""
+    from .decompose.backtrack import flat_index_map
+
+    node = graph[name]
+    if node.op in WEIGHTED_OPS:
+        return _mask(graph, node, masks)
+    if node.op in _ELEMENTWISE and node.attrs.get("activation", {}).get("name") != "softmax":
+        return _kept_tensor(graph, node.inputs[0], masks)
+    if node.op in ("flatten", "reshape"):
+        src = graph[node.inputs[0]]
+        kin = _kept_tensor(graph, src.name, masks).reshape(-1)
+        return kin[flat_index_map(node, src.shape)].reshape(node.shape)
+    return np.ones(node.shape, dtype=bool)
+
+
+def _conv_used(node: Node, kin: np.ndarray, kout: np.ndarray) -> np.ndarray:
+    from kernels.windows import source_sink
+
+    kernel = node.weights["kernel"]
+    kh, kw, cin, cout = kernel.shape
+    if node.attrs.get("data_format") == "channels_first":
+        kin, kout = np.moveaxis(kin, 0, -1), np.moveaxis(kout, 0, -1)
+    h, w = kin.shape[:2]
+    src = source_sink((h, w), (kh, kw), node.attrs["strides"], node.attrs["padding"],
+                      node.attrs.get("dilation", (1, 1)))
+    kin_flat = np.concatenate([kin.reshape(h * w, cin), np.zeros((1, cin), bool)])  # -1 -> pad
+    kout_q = kout.reshape(-1, cout).astype(np.float32)
+    used = np.empty((kh * kw, cin, cout), dtype=bool)
+    for t in range(kh * kw):
+        used[t] = (kin_flat[src[:, t]].astype(np.float32).T @ kout_q) > 0
+    return used.reshape(kh, kw, cin, cout)

@@ -1,0 +1,276 @@
+"""Modules and module sets: what `refdecomp.decompose` returns, and their files.
+
+A `Module` of class c is the source model with (a) its conv2d / dense nodes masked (mask 0 forces
+the node's output to 0 after its activation) and (b) the head channeled to two outputs
+[concerned, unconcerned]. A `ModuleSet` holds one module per class over one shared model and
+composes them: the predicted class is the one whose module is most confident that the input is
+its own.
+
+Module files (HDF5, written atomically) hold the channeled heads, the bit-packed masks
+(`np.packbits`) and provenance; they refer to the source model file rather than copying it: the
+model is shared by all modules, and a fingerprint of its execution graph (names, ops, shapes and
+weight bytes) checks on loading that the same model is used.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from . import metrics
+from .errors import DataError, ModuleFileError, RefdecompError
+from .graph import Graph
+
+FORMAT = "refdecomp-modules"
+FORMAT_VERSION = 1
+
+
+class Module:
+    """The module of one class: masks on the shared model plus a two-unit channeled head."""
+
+    def __init__(self, model, class_index: int, head_kernel: np.ndarray, head_bias: np.ndarray,
+                 masks: Mapping[str, np.ndarray], *, class_name: str | None = None,
+                 info: dict[str, Any] | None = None):
+        from .decompose.channeling import find_head
+
+        self.source_model = model
+        self.class_index = int(class_index)
+        self.class_name = class_name
+        self.head_kernel = np.asarray(head_kernel, dtype=np.float32)
+        self.head_bias = np.asarray(head_bias, dtype=np.float32)
+        self.masks = {k: np.asarray(v, dtype=np.uint8) for k, v in masks.items()}
+        self.info = dict(info or {})
+        self._head, self._tail = find_head(model.graph)
+        self._graph: Graph | None = None
+        self._model = None
+
+    def __repr__(self) -> str:
+        name = f" {self.class_name!r}" if self.class_name else ""
+        return f"<Module class {self.class_index}{name}: {len(self.masks)} masked layers>"
+
+    @property
+    def head_name(self) -> str:
+        return self._head.name
+
+    @property
+    def graph(self) -> Graph:
+        """The model's execution graph with this module's channeled head."""
+        if self._graph is None:
+            from .decompose.channeling import channeled_graph
+
+            self._graph = channeled_graph(self.source_model.graph, self._head, self._tail,
+                                          self.head_kernel, self.head_bias)
+        return self._graph
+
+    @property
+    def model(self):
+        """An executable model of this module's graph (apply `self.masks` when running)."""
+        if self._model is None:
+            self._model = self.source_model.with_graph(self.graph)
+        return self._model
+
+    def predict(self, x, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        """(n, 2) probabilities [concerned, unconcerned] for images `x`."""
+        return self.model.run(x, batch_size, masks=self.masks, progress=progress)[0]
+
+    def size(self) -> dict[str, float]:
+        """Nodes and weights kept (see `refdecomp.metrics` for the definitions)."""
+        return metrics.module_size(self.graph, self.masks, frozenset({self.head_name}))
+
+    def jaccard(self) -> dict[str, float]:
+        """Jaccard index with the source model: "values" (the prior work's value-based formula)
+        and "set" (exact set Jaccard over kept weights)."""
+        ex = frozenset({self.head_name})
+        values = metrics.jaccard_values(metrics.effective_kernels(self.graph, self.masks, ex),
+                                        metrics.model_kernels(self.source_model.graph))
+        return {"values": values, "set": metrics.jaccard_set(self.graph, self.masks, ex)}
+
+    def export_keras(self, path, compact: bool = False):
+        """Write this module as a Keras file (see `refdecomp.export.export_keras`)."""
+        from .export import export_keras
+
+        return export_keras(self.graph, path, masks=self.masks, compact=compact)
+
+    def save(self, path) -> Path:
+        """Write a module file holding this module alone."""
+        return ModuleSet([self], self.source_model).save(path)
+
+
+class ModuleSet:
+    """Modules over one shared model, indexed by class: `ms[c]` is the module of class c."""
+
+    def __init__(self, modules: Sequence[Module], model, *, options: dict | None = None,
+                 data: dict | None = None, class_names: list[str] | None = None):
+        self.modules = list(modules)
+        self.model = model
+        self.options = dict(options or {})
+        self.data = dict(data or {})
+        self.class_names = class_names
+        self._by_class = {m.class_index: m for m in self.modules}
+        if len(self._by_class) != len(self.modules):
+            raise RefdecompError("ModuleSet: two modules of the same class")
+
+    def __getitem__(self, c: int) -> Module:
+        try:
+            return self._by_class[int(c)]
+        except KeyError:
+            raise KeyError(f"no module of class {c}; classes: {self.classes.tolist()}") from None
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self.modules)
+
+    def __repr__(self) -> str:
+        return f"<ModuleSet of {len(self)} modules, options {self.options}>"
+
+    @property
+    def classes(self) -> np.ndarray:
+        """Class index of each module, in column order of `predict`."""
+        return np.array([m.class_index for m in self.modules], dtype=np.int64)
+
+    def predict(self, x, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        """(n, n_modules) concerned probabilities; column j belongs to class `classes[j]`."""
+        cols = [m.predict(x, batch_size, progress)[:, 0] for m in self.modules]
+        return np.stack(cols, axis=1) if cols else np.zeros((0, 0), np.float32)
+
+    def predict_classes(self, x, batch_size: int = 256) -> np.ndarray:
+        """Composed prediction: the class of the most confident module (ties: lowest column)."""
+        return metrics.composed_predict(self.predict(x, batch_size), self.classes)
+
+    def evaluate(self, x, y, batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
+        """Composed top-1 / top-5 accuracy and, per module, binary accuracy, size and Jaccard."""
+        y = np.asarray(y).reshape(-1)
+        if y.shape[0] != _n(x):
+            raise DataError(f"evaluate: {y.shape[0]} labels for {_n(x)} images")
+        per, cols = [], []
+        for m in self.modules:
+            p = m.predict(x, batch_size, progress)
+            cols.append(p[:, 0])
+            per.append({"class": m.class_index, "class_name": m.class_name,
+                        "binary_accuracy": metrics.binary_accuracy(p, y, m.class_index),
+                        **m.size(), **{f"jaccard_{k}": v for k, v in m.jaccard().items()}})
+        scores = np.stack(cols, axis=1)
+        return {"top1": metrics.top_k_accuracy(scores, y, 1, self.classes),
+                "top5": metrics.top_k_accuracy(scores, y, 5, self.classes),
+                "n_images": int(y.size),
+                "mean_jaccard_values": float(np.mean([r["jaccard_values"] for r in per])),
+                "mean_jaccard_set": float(np.mean([r["jaccard_set"] for r in per])),
+                "modules": per}
+
+    # -- files ----------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        """Write all modules to one HDF5 module file (atomically)."""
+        import h5py
+
+        from . import __version__
+        from .fileio import atomic_path
+
+        g = self.model.graph
+        src = self.model.source_graph
+        with atomic_path(path, suffix=".h5") as tmp:
+            with h5py.File(tmp, "w") as f:
+                a = f.attrs
+                a["format"] = FORMAT
+                a["format_version"] = FORMAT_VERSION
+                a["refdecomp_version"] = __version__
+                a["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+                a["model_fingerprint"] = graph_fingerprint(g)
+                a["model_source"] = str(Path(src.source).resolve()) if src.source else ""
+                a["model_sha256"] = src.sha256 or ""
+                a["model_name"] = src.name
+                a["options"] = json.dumps(self.options, default=str)
+                a["data"] = json.dumps(self.data, default=str)
+                a["class_names"] = json.dumps(self.class_names)
+                for i, m in enumerate(self.modules):
+                    grp = f.create_group(f"modules/{i}")
+                    grp.attrs["class_index"] = m.class_index
+                    grp.attrs["class_name"] = json.dumps(m.class_name)
+                    grp.attrs["info"] = json.dumps(m.info, default=str)
+                    grp.create_dataset("head_kernel", data=m.head_kernel)
+                    grp.create_dataset("head_bias", data=m.head_bias)
+                    for j, (node, mask) in enumerate(m.masks.items()):
+                        d = grp.create_dataset(f"masks/{j}", data=np.packbits(mask != 0),
+                                               compression="gzip")
+                        d.attrs["node"] = node
+                        d.attrs["shape"] = np.asarray(mask.shape, dtype=np.int64)
+        return Path(path)
+
+
+def load_modules(path, model=None) -> ModuleSet:
+    """Read a module file written by `ModuleSet.save` / `Module.save`.
+
+    `model`: the source model (a `Model` or a model file path); by default the model file
+    recorded in the module file. Its execution graph must match the fingerprint stored there.
+    """
+    import h5py
+
+    from . import load_model
+    from .interpreter import Model
+
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, ValueError) as e:
+        raise ModuleFileError(f"module file {str(path)!r} cannot be read as HDF5: {e}") from None
+    with f:
+        a = f.attrs
+        if a.get("format") != FORMAT:
+            raise ModuleFileError(f"module file {str(path)!r} is not a refdecomp module file "
+                                  f"(format attribute {a.get('format')!r})")
+        if int(a["format_version"]) > FORMAT_VERSION:
+            raise ModuleFileError(f"module file {str(path)!r} has format version "
+                                  f"{int(a['format_version'])}; this refdecomp reads up to "
+                                  f"{FORMAT_VERSION}: upgrade refdecomp")
+        if model is None:
+            source = str(a["model_source"])
+            if not source or not Path(source).exists():
+                raise ModuleFileError(
+                    f"module file {str(path)!r}: its source model {source or '(in memory)'!r} "
+                    f"is not available; pass model=<the model or its file>")
+            model = source
+        if not isinstance(model, Model):
+            model = load_model(model)
+        want = str(a["model_fingerprint"])
+        if graph_fingerprint(model.graph) != want:
+            raise ModuleFileError(
+                f"module file {str(path)!r} was made from model {str(a['model_name'])!r} "
+                f"(sha256 {str(a['model_sha256']) or 'n/a'}); the model given is a different "
+                f"model (its graph or weights differ)")
+        modules = []
+        for key in sorted(f["modules"], key=int):
+            grp = f["modules"][key]
+            masks = {}
+            for d in grp["masks"].values() if "masks" in grp else []:
+                shape = tuple(int(s) for s in d.attrs["shape"])
+                bits = np.unpackbits(d[()], count=int(np.prod(shape)))
+                masks[str(d.attrs["node"])] = bits.reshape(shape).astype(np.uint8)
+            modules.append(Module(model, int(grp.attrs["class_index"]), grp["head_kernel"][()],
+                                  grp["head_bias"][()], masks,
+                                  class_name=json.loads(grp.attrs["class_name"]),
+                                  info=json.loads(grp.attrs["info"])))
+        return ModuleSet(modules, model, options=json.loads(a["options"]),
+                         data=json.loads(a["data"]), class_names=json.loads(a["class_names"]))
+
+
+def graph_fingerprint(graph: Graph) -> str:
+    """sha256 over the node names, ops, shapes, inputs and weight bytes of a graph."""
+    h = hashlib.sha256()
+    for n in graph.nodes:
+        h.update(json.dumps([n.name, n.op, list(n.shape), n.inputs]).encode())
+        for key in sorted(n.weights):
+            w = np.ascontiguousarray(n.weights[key])
+            h.update(f"{key}:{w.dtype.str}:{w.shape}".encode())
+            h.update(w.tobytes())
+    return h.hexdigest()
+
+
+def _n(x) -> int:
+    first = x[0] if isinstance(x, (list, tuple)) else x
+    return int(np.shape(first)[0])
