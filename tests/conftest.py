@@ -1,0 +1,65 @@
+"""Shared test fixtures and the deterministic hypothesis profile.
+
+Keras is only an oracle here: the `keras3` and `tf_keras` fixtures import it lazily and skip the
+test (with the reason) where it is not installed. `shared_dir` is ../shared relative to the repo
+root (real data and the Keras corpus); tests that need it skip when it is absent.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DIR = REPO_ROOT.parent / "shared"
+
+# Deterministic by default so CI runs are reproducible; `HYPOTHESIS_PROFILE=explore` searches
+# with fresh randomness (and more examples) when hunting for bugs locally.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "explore",
+    deadline=None,
+    max_examples=200,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def _quiet_tensorflow() -> None:
+    """Silence TensorFlow's C++ start-up chatter before it is first imported."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+@pytest.fixture(scope="session")
+def keras3():
+    """The Keras 3 module (TensorFlow backend), or skip."""
+    _quiet_tensorflow()
+    keras = pytest.importorskip("keras", reason="Keras 3 oracle not installed")
+    if not keras.__version__.startswith("3."):
+        pytest.skip(f"the keras3 oracle needs Keras 3, found {keras.__version__}")
+    return keras
+
+
+@pytest.fixture(scope="session")
+def tf_keras():
+    """The tf_keras module (the Keras 2 dialect), or skip."""
+    _quiet_tensorflow()
+    return pytest.importorskip("tf_keras", reason="tf_keras (Keras 2 dialect oracle) not installed")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared (real data, Keras corpus), or skip."""
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"{SHARED_DIR} is absent (real data and Keras corpus live there)")
+    return SHARED_DIR

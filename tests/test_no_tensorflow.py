@@ -1,0 +1,138 @@
+"""refdecomp runs without TensorFlow or Keras: nothing under refdecomp/ or kernels/ imports them.
+
+The run-time check loads and runs models in a fresh interpreter that records every import
+attempt: TensorFlow, Keras and tf_keras must neither be attempted (not even inside a
+try/except) nor appear in sys.modules. The model files are written by Keras in this (parent)
+process, which is why that part needs the Keras oracle; the static check does not.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FORBIDDEN = ("tensorflow", "keras", "tf_keras")
+
+# Runs in the child: record import attempts, import every refdecomp / kernels module, load each
+# model given on the command line, predict, and report what was imported.
+CHILD = r"""
+import importlib, importlib.abc, json, pkgutil, sys
+FORBIDDEN = {forbidden!r}
+attempted = []
+
+class Recorder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in FORBIDDEN:
+            attempted.append(name)
+        return None  # never interferes: the normal finders do the import
+
+sys.meta_path.insert(0, Recorder())
+
+import numpy as np
+import refdecomp, kernels
+failed = {{}}
+for pkg in (refdecomp, kernels):
+    for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+        if info.name.endswith("__main__"):
+            continue
+        try:
+            importlib.import_module(info.name)
+        except Exception as exc:  # reported, but another test's business
+            failed[info.name] = repr(exc)
+
+jobs = json.loads(sys.argv[1])
+for job in jobs:
+    model = refdecomp.load_model(job["path"], architecture=job["architecture"])
+    np.save(job["out"], model.predict(np.load(job["x"])))
+
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN)
+print(json.dumps({{"attempted": attempted, "loaded": loaded, "failed": failed}}))
+""".format(forbidden=set(FORBIDDEN))
+
+
+def _python_files():
+    for folder in ("refdecomp", "kernels"):
+        yield from sorted((REPO / folder).rglob("*.py"))
+
+
+def test_no_tensorflow_import_statement_in_library():
+    """No `import tensorflow / keras / tf_keras` (or from-import) anywhere in the library, even
+    a lazy one inside a function: those frameworks are oracles for tests/ and trainers in tools/
+    only."""
+    offenders = []
+    for path in _python_files():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] in FORBIDDEN:
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: import {name}")
+    assert not offenders, "library imports a forbidden framework:\n" + "\n".join(offenders)
+
+
+def _tiny_cnn(K):
+    """Conv / batch norm / pooling / dense: the ops a real run touches."""
+    model = K.Sequential([
+        K.Input(shape=(8, 8, 2)),
+        K.layers.Conv2D(3, 3, padding="same", activation="relu"),
+        K.layers.BatchNormalization(),
+        K.layers.MaxPooling2D(2),
+        K.layers.Conv2D(4, 3, strides=2, padding="same"),
+        K.layers.GlobalAveragePooling2D(),
+        K.layers.Dense(3, activation="softmax"),
+    ])
+    rng = np.random.default_rng(0)
+    for v in model.weights:
+        v.assign(rng.uniform(0.2, 1.0, tuple(int(d) for d in v.shape)).astype(np.float32))
+    return model
+
+
+@pytest.mark.keras
+def test_load_and_predict_in_fresh_interpreter_never_imports_tensorflow(keras3, tmp_path):
+    model = _tiny_cnn(keras3)
+    x = np.random.default_rng(1).standard_normal((4, 8, 8, 2)).astype(np.float32)
+    expected = np.asarray(model(x, training=False))
+    np.save(tmp_path / "x.npy", x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save(tmp_path / "model.h5")
+        model.save(tmp_path / "model.keras")
+        model.save_weights(tmp_path / "model.weights.h5")
+    (tmp_path / "architecture.json").write_text(model.to_json())
+    jobs = [
+        dict(path=str(tmp_path / "model.h5"), architecture=None),
+        dict(path=str(tmp_path / "model.keras"), architecture=None),
+        dict(path=str(tmp_path / "model.weights.h5"),
+             architecture=str(tmp_path / "architecture.json")),
+    ]
+    for i, job in enumerate(jobs):
+        job.update(x=str(tmp_path / "x.npy"), out=str(tmp_path / f"y{i}.npy"))
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(jobs)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"child failed:\n{proc.stderr[-4000:]}"
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["attempted"] == [], (
+        f"refdecomp tried to import {report['attempted']} (modules that failed to import for "
+        f"other reasons: {report['failed']})")
+    assert report["loaded"] == [], f"forbidden modules in sys.modules: {report['loaded']}"
+    # The child really ran the models: its predictions are Keras's.
+    for i, job in enumerate(jobs):
+        got = np.load(job["out"])
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6,
+                                   err_msg=f"child prediction from {Path(job['path']).name}")
