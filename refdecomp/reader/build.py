@@ -1,0 +1,160 @@
+"""`ModelSpec` (with weights attached) -> flat, topologically ordered list of graph `Node`s.
+
+Every call of a layer becomes one node: the first call is named after the layer, the k-th
+(k >= 1) `name@k`. Nested models are inlined: their nodes are named `outer/inner`, the model's
+inputs are wired to the tensors the outer call passes, and its outputs stand for the call's
+outputs. Shapes are inferred while building (`layers.lower`).
+"""
+from __future__ import annotations
+
+from ..errors import ModelFormatError, UnsupportedLayerError
+from ..graph import Node
+from .config import LayerSpec, ModelSpec, Ref, dtype_of, input_shape_of
+from .layers import Dialect, lower, refusal_reason
+
+
+def check_supported(model: ModelSpec, dialect: Dialect) -> None:
+    """Refuse the model, naming every offending layer, before anything is built."""
+    problems: list[str] = []
+    _collect_problems(model, "", dialect, problems)
+    if problems:
+        raise UnsupportedLayerError(
+            f"{dialect.source}: cannot read this model: " + "; ".join(problems))
+
+
+def _collect_problems(model: ModelSpec, prefix: str, dialect: Dialect, out: list[str]) -> None:
+    for layer in model.layers:
+        reason = refusal_reason(layer, dialect)
+        if reason:
+            out.append(f"layer {prefix + layer.name!r} ({layer.class_name}): {reason}")
+        elif layer.model is not None:
+            _collect_problems(layer.model, f"{prefix}{layer.name}/", dialect, out)
+
+
+class _Builder:
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.nodes: list[Node] = []
+        self.shapes: dict[str, tuple] = {}
+
+    def emit(self, name: str, op: str, inputs: list[str], shape: tuple, attrs: dict,
+             weights: dict, keras_class: str) -> str:
+        if name in self.shapes:
+            raise ModelFormatError(f"{self.dialect.source}: two layers produce a node named "
+                                   f"{name!r}; layer names must be unique")
+        self.nodes.append(Node(name, op, list(inputs), tuple(shape), attrs, weights,
+                               keras_class))
+        self.shapes[name] = tuple(shape)
+        return name
+
+    # -- models ------------------------------------------------------------------------------
+    def model(self, model: ModelSpec, prefix: str, inputs: list[str] | None) -> list[str]:
+        """Emit a model's nodes; `inputs` None means it is the top level (create input nodes).
+        Returns the names of the nodes holding its outputs."""
+        if model.sequential:
+            return self._sequential(model, prefix, inputs)
+        return self._functional(model, prefix, inputs)
+
+    def _input(self, name: str, shape, dtype: str) -> str:
+        return self.emit(name, "input", [], tuple(shape), {"dtype": dtype}, {}, "InputLayer")
+
+    def _sequential(self, model: ModelSpec, prefix: str, inputs: list[str] | None) -> list[str]:
+        if inputs is None:
+            current = self._input(prefix + model.input_name, model.input_shape,
+                                  model.input_dtype)
+        else:
+            if len(inputs) != 1:
+                raise ModelFormatError(f"{self.dialect.source}: Sequential model "
+                                       f"{model.name!r} is called with {len(inputs)} inputs")
+            current = inputs[0]
+        for layer in model.layers:
+            (current,) = self.call(layer, 0, prefix, [current])[:1]
+        return [current]
+
+    def _functional(self, model: ModelSpec, prefix: str, inputs: list[str] | None) -> list[str]:
+        src = self.dialect.source
+        offsets = _node_offsets(model)
+        tensors: dict[tuple[str, int, int], str] = {}
+        by_name = {layer.name: layer for layer in model.layers}
+
+        def key(ref: Ref) -> tuple[str, int, int]:
+            name, node, index = ref
+            return (name, node - offsets.get(name, 0), index)
+
+        if inputs is not None and len(inputs) != len(model.inputs):
+            raise ModelFormatError(f"{src}: model {model.name!r} has {len(model.inputs)} inputs "
+                                   f"but is called with {len(inputs)}")
+        for i, ref in enumerate(model.inputs):
+            layer = by_name.get(ref[0])
+            if layer is None or layer.class_name != "InputLayer":
+                raise ModelFormatError(f"{src}: model {model.name!r} input {ref[0]!r} is not an "
+                                       f"InputLayer of the model")
+            if inputs is None:
+                shape = input_shape_of(layer.config)
+                if shape is None:
+                    raise ModelFormatError(f"{src}: {layer.describe()} has no input shape")
+                tensors[key(ref)] = self._input(prefix + layer.name, shape,
+                                                dtype_of(layer.config))
+            else:
+                tensors[key(ref)] = inputs[i]
+
+        pending = [(layer, k, refs) for layer in model.layers if layer.class_name != "InputLayer"
+                   for k, refs in enumerate(layer.calls)]
+        while pending:
+            waiting = []
+            for layer, k, refs in pending:
+                if all(key(r) in tensors for r in refs):
+                    outs = self.call(layer, k, prefix, [tensors[key(r)] for r in refs])
+                    for t, node in enumerate(outs):
+                        tensors[(layer.name, k, t)] = node
+                else:
+                    waiting.append((layer, k, refs))
+            if len(waiting) == len(pending):
+                names = ", ".join(f"{layer.name!r}" for layer, _, _ in waiting[:5])
+                missing = sorted({r[0] for _, _, refs in waiting for r in refs
+                                  if key(r) not in tensors})
+                raise ModelFormatError(f"{src}: model {model.name!r}: layers {names} read "
+                                       f"tensors that are never produced (from "
+                                       f"{', '.join(map(repr, missing[:5]))}); the config is "
+                                       f"inconsistent")
+            pending = waiting
+        outputs = []
+        for ref in model.outputs:
+            if key(ref) not in tensors:
+                raise ModelFormatError(f"{src}: model {model.name!r} output {ref[0]!r} "
+                                       f"(node {ref[1]}, tensor {ref[2]}) is never produced")
+            outputs.append(tensors[key(ref)])
+        return outputs
+
+    # -- layers ------------------------------------------------------------------------------
+    def call(self, layer: LayerSpec, k: int, prefix: str, inputs: list[str]) -> list[str]:
+        name = prefix + layer.name + (f"@{k}" if k else "")
+        if layer.model is not None:
+            return self.model(layer.model, name + "/", inputs)
+        if layer.class_name == "InputLayer":        # an InputLayer inside a Sequential
+            return list(inputs)
+        low = lower(layer, [self.shapes[i] for i in inputs], self.dialect)
+        return [self.emit(name, low.op, inputs, low.shape, low.attrs, low.weights,
+                          layer.class_name)]
+
+
+def _node_offsets(model: ModelSpec) -> dict[str, int]:
+    """File node index of each nested model's first outer call.
+
+    Keras 2 counts a nested model's own internal node as node 0, so references from the outer
+    model start at 1; Keras 3 starts at 0. The smallest index referenced tells which."""
+    refs = [r for layer in model.layers for call in layer.calls for r in call] + model.outputs
+    offsets = {}
+    for layer in model.layers:
+        if layer.model is not None:
+            seen = [r[1] for r in refs if r[0] == layer.name]
+            offsets[layer.name] = min(seen) if seen else 0
+    return offsets
+
+
+def build_nodes(model: ModelSpec, dialect: Dialect) -> tuple[list[Node], list[str], list[str]]:
+    """(nodes, input node names, output node names) of the top-level model."""
+    b = _Builder(dialect)
+    outputs = b.model(model, "", None)
+    inputs = [n.name for n in b.nodes if n.op == "input"]
+    return b.nodes, inputs, outputs

@@ -1,0 +1,541 @@
+"""One normaliser per supported Keras layer class: Keras config -> graph op, attrs, weights, shape.
+
+Both dialects are accepted (Keras 2 / tf.keras and Keras 3 parameter names). Each normaliser
+gets the layer's config, the shapes of its inputs (no batch axis, `None` where unknown), its
+weights by role, and the `Dialect` of the file, and returns a `Lowered` record. Shapes are
+inferred here, as Keras does, because the interpreter relies on `Node.shape`.
+
+Anything not in `NORMALISERS` is refused by `refusal_reason`, before any graph is built, so one
+error lists every offending layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import ModelFormatError, UnsupportedLayerError
+from .config import CODE_CLASSES, LayerSpec
+
+Shape = tuple  # of int | None, without the batch axis
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What about the file changes the meaning of a config: Keras major version and backend."""
+
+    keras_major: int = 2
+    backend: str = "tensorflow"
+    source: str = ""
+
+
+@dataclass
+class Lowered:
+    op: str
+    attrs: dict[str, Any]
+    shape: Shape
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Weight roles: what each class stores, in Keras' order (trainable first, then non-trainable)
+# --------------------------------------------------------------------------------------------
+def weight_roles(layer: LayerSpec) -> tuple[list[str], list[str]]:
+    """(trainable roles, non-trainable roles) of a primitive layer, in the order Keras saves."""
+    c, cfg = layer.class_name, layer.config
+    if c in _CONV_CLASSES or c == "Dense":
+        return (["kernel", "bias"] if cfg.get("use_bias", True) else ["kernel"]), []
+    if c == "BatchNormalization":
+        trainable = (["gamma"] if cfg.get("scale", True) else []) + \
+                    (["beta"] if cfg.get("center", True) else [])
+        return trainable, ["moving_mean", "moving_variance"]
+    if c == "PReLU":
+        return ["alpha"], []
+    if c == "Normalization":
+        if cfg.get("mean") is not None and cfg.get("variance") is not None:
+            return [], []
+        return [], ["mean", "variance", "count"]
+    return [], []
+
+
+def n_weights(layer: LayerSpec) -> int:
+    if layer.model is not None:
+        return sum(n_weights(inner) for inner in layer.model.layers)
+    t, nt = weight_roles(layer)
+    return len(t) + len(nt)
+
+
+# --------------------------------------------------------------------------------------------
+# Refusals
+# --------------------------------------------------------------------------------------------
+def refusal_reason(layer: LayerSpec, dialect: Dialect) -> str | None:
+    """Why this layer cannot be read (None if it can). Nested models are checked by the caller."""
+    c = layer.class_name
+    if c in CODE_CLASSES:
+        return CODE_CLASSES[c]
+    if layer.custom:
+        return ("a custom (registered or non-Keras) class whose code lives in the program that "
+                "saved the file, not in the file")
+    if layer.model is not None or c == "InputLayer":
+        return None
+    if c in _KERAS2_ONLY and dialect.keras_major != 2:
+        return f"{c!r} is a Keras 2 name; this file is Keras {dialect.keras_major}"
+    if c not in NORMALISERS:
+        return (f"layer class {c!r} is not supported (docs/formats.md lists the supported "
+                f"layers)")
+    return None
+
+
+def _fail(layer: LayerSpec, dialect: Dialect, why: str) -> UnsupportedLayerError:
+    return UnsupportedLayerError(f"{dialect.source}: {layer.describe()}: {why}")
+
+
+def _bad(layer: LayerSpec, dialect: Dialect, why: str) -> ModelFormatError:
+    return ModelFormatError(f"{dialect.source}: {layer.describe()}: {why}")
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+def _pair(value: Any, default: int | None = None) -> tuple[int, int]:
+    if value is None:
+        value = default
+    if isinstance(value, (list, tuple)):
+        if len(value) == 1:
+            return (int(value[0]), int(value[0]))
+        return (int(value[0]), int(value[1]))
+    return (int(value), int(value))
+
+
+def _data_format(cfg: dict) -> str:
+    fmt = cfg.get("data_format") or "channels_last"
+    return str(fmt)
+
+
+def _padding(layer: LayerSpec, dialect: Dialect) -> str:
+    pad = str(layer.config.get("padding", "valid")).lower()
+    if pad not in ("valid", "same"):
+        raise _fail(layer, dialect, f"padding {pad!r} is not supported (only 'valid', 'same')")
+    return pad
+
+
+def _split_hwc(shape: Shape, fmt: str, layer: LayerSpec, dialect: Dialect):
+    if len(shape) != 3:
+        raise _bad(layer, dialect, f"expects a rank-3 input (H, W, C) without the batch axis, "
+                                   f"got shape {shape}")
+    if fmt == "channels_first":
+        c, h, w = shape
+    else:
+        h, w, c = shape
+    return h, w, c
+
+
+def _join_hwc(h, w, c, fmt: str) -> Shape:
+    return (c, h, w) if fmt == "channels_first" else (h, w, c)
+
+
+def _window_out(n, k: int, s: int, d: int, padding: str):
+    """Output length of a sliding window (conv or pool), as Keras computes it."""
+    if n is None:
+        return None
+    if padding == "same":
+        return -(-n // s)
+    span = (k - 1) * d + 1
+    return (n - span) // s + 1 if n >= span else 0
+
+
+def _check_positive(shape: Shape, layer: LayerSpec, dialect: Dialect) -> Shape:
+    if any(d is not None and d <= 0 for d in shape):
+        raise _bad(layer, dialect, f"computes an empty output shape {shape}; the input is "
+                                   f"smaller than the kernel or pool")
+    return shape
+
+
+def _floats(value: Any):
+    if isinstance(value, (list, tuple)):
+        return [float(v) for v in value]
+    return float(value)
+
+
+def _axes(axis: Any, rank: int, layer: LayerSpec, dialect: Dialect) -> tuple[int, ...]:
+    """Axes counted with the batch axis, made positive; `rank` excludes the batch axis."""
+    items = axis if isinstance(axis, (list, tuple)) else [axis]
+    out = []
+    for a in items:
+        a = int(a)
+        p = a + rank + 1 if a < 0 else a
+        if not 1 <= p <= rank:
+            raise _bad(layer, dialect, f"axis {a} is out of range for an input of rank "
+                                       f"{rank + 1} (with the batch axis)")
+        out.append(p)
+    return tuple(sorted(out))
+
+
+# --------------------------------------------------------------------------------------------
+# Activations
+# --------------------------------------------------------------------------------------------
+_SIMPLE_ACTIVATIONS = {"linear", "sigmoid", "tanh", "softplus", "softsign", "selu",
+                       "exponential", "swish", "silu", "relu6"}
+
+
+def activation(value: Any, layer: LayerSpec, dialect: Dialect) -> dict[str, Any]:
+    """Normalise a Keras activation (string or serialised function) to the IR's dict form."""
+    if isinstance(value, dict):
+        inner = value.get("config")
+        module = str(value.get("module") or "keras")
+        if not module.startswith(("keras", "tf_keras", "builtins")) or \
+                value.get("registered_name") not in (None, "function", value.get("class_name")):
+            raise _fail(layer, dialect, f"custom activation {value.get('class_name')!r} is code "
+                                        f"from the program that saved the file")
+        value = inner if isinstance(inner, str) else value.get("class_name")
+    name = "linear" if value is None else str(value)
+    if name in _SIMPLE_ACTIVATIONS:
+        return {"name": name}
+    if name == "relu":
+        return {"name": "relu", "max_value": None, "negative_slope": 0.0, "threshold": 0.0}
+    if name == "leaky_relu":
+        return {"name": "leaky_relu", "negative_slope": 0.2}
+    if name == "elu":
+        return {"name": "elu", "alpha": 1.0}
+    if name == "softmax":
+        return {"name": "softmax", "axis": -1}
+    if name == "gelu":
+        return {"name": "gelu", "approximate": False}
+    if name == "hard_sigmoid":
+        return {"name": "hard_sigmoid",
+                "dialect": "keras3" if dialect.keras_major >= 3 else "keras2"}
+    raise _fail(layer, dialect, f"activation {name!r} is not supported")
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisers
+# --------------------------------------------------------------------------------------------
+Normaliser = Callable[[LayerSpec, list, dict, Dialect], Lowered]
+
+
+def _one_input(layer: LayerSpec, shapes: list, dialect: Dialect) -> Shape:
+    if len(shapes) != 1:
+        raise _bad(layer, dialect, f"expects one input, the config gives {len(shapes)}")
+    return shapes[0]
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(a, dtype=np.float32))
+
+
+def _conv2d(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+    cfg = layer.config
+    shape = _one_input(layer, shapes, dialect)
+    if int(cfg.get("groups", 1) or 1) != 1:
+        raise _fail(layer, dialect, f"grouped convolution (groups={cfg['groups']}) is not "
+                                    f"supported")
+    fmt = _data_format(cfg)
+    h, wd, c = _split_hwc(shape, fmt, layer, dialect)
+    kh, kw = _pair(cfg.get("kernel_size"))
+    strides, dilation = _pair(cfg.get("strides"), 1), _pair(cfg.get("dilation_rate"), 1)
+    if max(strides) > 1 and max(dilation) > 1:
+        raise _bad(layer, dialect, "strides > 1 together with dilation_rate > 1 is not allowed "
+                                   "by Keras")
+    padding = _padding(layer, dialect)
+    kernel = _f32(w["kernel"])
+    filters = int(cfg.get("filters", kernel.shape[-1]))
+    if kernel.shape[:2] != (kh, kw) or kernel.shape[3] != filters or \
+            (c is not None and kernel.shape[2] != c):
+        raise _bad(layer, dialect, f"kernel of shape {kernel.shape} does not match kernel_size "
+                                   f"{(kh, kw)}, {c} input channels and {filters} filters")
+    if dialect.backend == "theano" and dialect.keras_major == 2:
+        # Theano convolves (flips the kernel); Keras 2 flipped Theano kernels when loading
+        # them under another backend, so the file's kernel is rotated 180 degrees here.
+        kernel = np.ascontiguousarray(kernel[::-1, ::-1, :, :])
+    weights = {"kernel": kernel}
+    if "bias" in w:
+        weights["bias"] = _f32(w["bias"]).reshape(filters)
+    out = _join_hwc(_window_out(h, kh, strides[0], dilation[0], padding),
+                    _window_out(wd, kw, strides[1], dilation[1], padding), filters, fmt)
+    attrs = {"strides": strides, "padding": padding, "dilation": dilation,
+             "activation": activation(cfg.get("activation"), layer, dialect),
+             "data_format": fmt}
+    return Lowered("conv2d", attrs, _check_positive(out, layer, dialect), weights)
+
+
+def _dense(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+    cfg = layer.config
+    shape = _one_input(layer, shapes, dialect)
+    kernel = _f32(w["kernel"])
+    units = int(cfg.get("units", kernel.shape[-1]))
+    if not shape or kernel.ndim != 2 or kernel.shape[1] != units or \
+            (shape[-1] is not None and kernel.shape[0] != shape[-1]):
+        raise _bad(layer, dialect, f"kernel of shape {kernel.shape} does not match an input of "
+                                   f"shape {shape} and {units} units")
+    bias = _f32(w["bias"]).reshape(units) if "bias" in w else np.zeros(units, np.float32)
+    attrs = {"activation": activation(cfg.get("activation"), layer, dialect)}
+    return Lowered("dense", attrs, (*shape[:-1], units), {"kernel": kernel, "bias": bias})
+
+
+def _pool(op: str) -> Normaliser:
+    def normalise(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+        cfg = layer.config
+        shape = _one_input(layer, shapes, dialect)
+        fmt = _data_format(cfg)
+        h, wd, c = _split_hwc(shape, fmt, layer, dialect)
+        pool = _pair(cfg.get("pool_size"), 2)
+        strides = _pair(cfg.get("strides"), None) if cfg.get("strides") is not None else pool
+        padding = _padding(layer, dialect)
+        out = _join_hwc(_window_out(h, pool[0], strides[0], 1, padding),
+                        _window_out(wd, pool[1], strides[1], 1, padding), c, fmt)
+        attrs = {"pool": pool, "strides": strides, "padding": padding, "data_format": fmt}
+        return Lowered(op, attrs, _check_positive(out, layer, dialect))
+    return normalise
+
+
+def _global_pool(op: str) -> Normaliser:
+    def normalise(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+        cfg = layer.config
+        fmt = _data_format(cfg)
+        h, wd, c = _split_hwc(_one_input(layer, shapes, dialect), fmt, layer, dialect)
+        keepdims = bool(cfg.get("keepdims", False))
+        out = _join_hwc(1, 1, c, fmt) if keepdims else (c,)
+        return Lowered(op, {"data_format": fmt, "keepdims": keepdims}, out)
+    return normalise
+
+
+def _prod(shape: Shape):
+    if any(d is None for d in shape):
+        return None
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _flatten(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+    shape = _one_input(layer, shapes, dialect)
+    return Lowered("flatten", {"data_format": _data_format(layer.config)}, (_prod(shape),))
+
+
+def _reshape(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+    shape = _one_input(layer, shapes, dialect)
+    target = tuple(int(d) for d in layer.config.get("target_shape", ()))
+    if sum(d == -1 for d in target) > 1 or any(d < -1 or d == 0 for d in target):
+        raise _bad(layer, dialect, f"target_shape {target} is not valid")
+    total, known = _prod(shape), _prod(tuple(d for d in target if d != -1)) or 1
+    if -1 in target:
+        out = tuple((total // known if total is not None else None) if d == -1 else d
+                    for d in target)
+        if total is not None and total % known:
+            raise _bad(layer, dialect, f"cannot reshape {shape} to {target}")
+    else:
+        out = target
+        if total is not None and total != known:
+            raise _bad(layer, dialect, f"cannot reshape {shape} ({total} values) to {target}")
+    return Lowered("reshape", {"target_shape": target}, out)
+
+
+def _merge_dims(a, b, layer: LayerSpec, dialect: Dialect, what: str):
+    if a is None:
+        return b
+    if b is None or a == b:
+        return a
+    if a == 1:
+        return b
+    if b == 1:
+        return a
+    raise _bad(layer, dialect, f"cannot {what} inputs whose dimensions {a} and {b} differ")
+
+
+def _add(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+    if len(shapes) < 2:
+        raise _bad(layer, dialect, f"expects at least two inputs, got {len(shapes)}")
+    if len({len(s) for s in shapes}) != 1:
+        raise _bad(layer, dialect, f"cannot add inputs of different ranks: {shapes}")
+    out = shapes[0]
+    for s in shapes[1:]:
+        out = tuple(_merge_dims(a, b, layer, dialect, "add") for a, b in zip(out, s))
+    return Lowered("add", {}, out)
+
+
+def _concatenate(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+    axis = int(layer.config.get("axis", -1))
+    if len(shapes) < 1 or len({len(s) for s in shapes}) != 1:
+        raise _bad(layer, dialect, f"cannot concatenate inputs of shapes {shapes}")
+    rank = len(shapes[0])
+    (pos,) = _axes(axis, rank, layer, dialect)
+    out = list(shapes[0])
+    sizes = [s[pos - 1] for s in shapes]
+    out[pos - 1] = None if any(d is None for d in sizes) else sum(sizes)
+    for s in shapes[1:]:
+        for i, (a, b) in enumerate(zip(out, s)):
+            if i != pos - 1:
+                out[i] = _merge_dims(a, b, layer, dialect, "concatenate")
+    return Lowered("concatenate", {"axis": axis}, tuple(out))
+
+
+def _activation_layer(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+    act = activation(layer.config.get("activation"), layer, dialect)
+    return Lowered("activation", {"activation": act}, _one_input(layer, shapes, dialect))
+
+
+def _relu(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+    cfg = layer.config
+    max_value = cfg.get("max_value")
+    act = {"name": "relu", "max_value": None if max_value is None else float(max_value),
+           "negative_slope": float(cfg.get("negative_slope") or 0.0),
+           "threshold": float(cfg.get("threshold") or 0.0)}
+    return Lowered("activation", {"activation": act}, _one_input(layer, shapes, dialect))
+
+
+def _leaky_relu(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+    cfg = layer.config
+    # Keras 2 calls the slope `alpha`, Keras 3 `negative_slope`; both default to 0.3.
+    slope = cfg.get("negative_slope", cfg.get("alpha", 0.3))
+    act = {"name": "leaky_relu", "negative_slope": float(0.3 if slope is None else slope)}
+    return Lowered("activation", {"activation": act}, _one_input(layer, shapes, dialect))
+
+
+def _elu(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+    act = {"name": "elu", "alpha": float(layer.config.get("alpha", 1.0))}
+    return Lowered("activation", {"activation": act}, _one_input(layer, shapes, dialect))
+
+
+def _softmax(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+    axis = layer.config.get("axis", -1)
+    axis = tuple(int(a) for a in axis) if isinstance(axis, (list, tuple)) else int(axis)
+    return Lowered("softmax", {"axis": axis}, _one_input(layer, shapes, dialect))
+
+
+def _prelu(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+    shape = _one_input(layer, shapes, dialect)
+    shared = layer.config.get("shared_axes")
+    if shared is not None:
+        shared = tuple(int(a) for a in (shared if isinstance(shared, (list, tuple)) else [shared]))
+    alpha = _f32(w["alpha"])
+    want = tuple(1 if (shared and (i + 1) in shared) else d for i, d in enumerate(shape))
+    if alpha.ndim != len(shape) or any(d is not None and a != d for a, d in zip(alpha.shape,
+                                                                                  want)):
+        raise _bad(layer, dialect, f"alpha of shape {alpha.shape} does not match the input "
+                                   f"shape {shape} with shared axes {shared}")
+    return Lowered("prelu", {"shared_axes": shared}, shape, {"alpha": alpha})
+
+
+def _batch_norm(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+    cfg = layer.config
+    shape = _one_input(layer, shapes, dialect)
+    if cfg.get("renorm"):
+        raise _fail(layer, dialect, "batch renormalisation (renorm=True) is not supported")
+    if cfg.get("virtual_batch_size") is not None:
+        raise _fail(layer, dialect, "virtual_batch_size is not supported")
+    axes = _axes(cfg.get("axis", -1), len(shape), layer, dialect)
+    param_shape = tuple(shape[a - 1] for a in axes)
+    weights = {}
+    for role in ("gamma", "beta", "moving_mean", "moving_variance"):
+        if role in w:
+            arr = _f32(w[role])
+            if None not in param_shape and arr.size != _prod(param_shape):
+                raise _bad(layer, dialect, f"{role} has shape {arr.shape}, expected "
+                                           f"{param_shape} for axis {cfg.get('axis', -1)}")
+            weights[role] = arr
+    attrs = {"axis": axes, "epsilon": float(cfg.get("epsilon", 1e-3)),
+             "center": bool(cfg.get("center", True)), "scale": bool(cfg.get("scale", True))}
+    return Lowered("batch_norm", attrs, shape, weights)
+
+
+def _rescaling(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+    cfg = layer.config
+    attrs = {"scale": _floats(cfg.get("scale", 1.0)), "offset": _floats(cfg.get("offset", 0.0))}
+    return Lowered("rescaling", attrs, _one_input(layer, shapes, dialect))
+
+
+def _normalization(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+    """Keras preprocessing Normalization: mean / variance kept with the broadcast shape (no
+    batch axis) over the layer's axes, e.g. (1, 1, C) for axis=-1 on (H, W, C)."""
+    cfg = layer.config
+    shape = _one_input(layer, shapes, dialect)
+    if cfg.get("invert"):
+        raise _fail(layer, dialect, "invert=True (de-normalisation) is not supported")
+    axis = cfg.get("axis", -1)
+    axes = () if axis is None else _axes(axis, len(shape), layer, dialect)
+    bshape = tuple(shape[i] if (i + 1) in axes else 1 for i in range(len(shape)))
+    if None in bshape:
+        raise _bad(layer, dialect, f"normalises over an axis of unknown size in {shape}")
+    out = {}
+    for role in ("mean", "variance"):
+        value = w.get(role, cfg.get(role))
+        if value is None:
+            raise _bad(layer, dialect, f"has no {role} (the layer was never adapted)")
+        arr = np.asarray(value, dtype=np.float32)
+        if arr.size == _prod(bshape):
+            out[role] = np.ascontiguousarray(arr.reshape(bshape))
+        elif arr.size == 1:
+            out[role] = np.full(bshape, arr.item(), dtype=np.float32)
+        else:
+            raise _bad(layer, dialect, f"{role} of shape {arr.shape} does not fit axis {axis} "
+                                       f"of an input of shape {shape}")
+    return Lowered("normalization", {"axis": axes}, shape, out)
+
+
+def _zero_pad2d(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+    cfg = layer.config
+    fmt = _data_format(cfg)
+    h, wd, c = _split_hwc(_one_input(layer, shapes, dialect), fmt, layer, dialect)
+    pad = cfg.get("padding", 1)
+    if isinstance(pad, (list, tuple)) and len(pad) == 2 and isinstance(pad[0], (list, tuple)):
+        (t, b), (lf, r) = _pair(pad[0]), _pair(pad[1])
+    else:
+        (t, lf) = _pair(pad)
+        b, r = t, lf
+    out = _join_hwc(None if h is None else h + t + b, None if wd is None else wd + lf + r, c,
+                    fmt)
+    return Lowered("zero_pad2d", {"padding": ((t, b), (lf, r)), "data_format": fmt}, out)
+
+
+def _identity(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+    return Lowered("identity", {}, _one_input(layer, shapes, dialect))
+
+
+_CONV_CLASSES = ("Conv2D", "Convolution2D")
+_KERAS2_ONLY = frozenset({"Convolution2D"})
+
+NORMALISERS: dict[str, Normaliser] = {
+    "Conv2D": _conv2d,
+    "Convolution2D": _conv2d,
+    "Dense": _dense,
+    "MaxPooling2D": _pool("max_pool2d"),
+    "MaxPool2D": _pool("max_pool2d"),
+    "AveragePooling2D": _pool("avg_pool2d"),
+    "AvgPool2D": _pool("avg_pool2d"),
+    "GlobalAveragePooling2D": _global_pool("global_avg_pool2d"),
+    "GlobalAvgPool2D": _global_pool("global_avg_pool2d"),
+    "GlobalMaxPooling2D": _global_pool("global_max_pool2d"),
+    "GlobalMaxPool2D": _global_pool("global_max_pool2d"),
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Add": _add,
+    "Concatenate": _concatenate,
+    "Activation": _activation_layer,
+    "ReLU": _relu,
+    "LeakyReLU": _leaky_relu,
+    "ELU": _elu,
+    "PReLU": _prelu,
+    "Softmax": _softmax,
+    "BatchNormalization": _batch_norm,
+    "Rescaling": _rescaling,
+    "Normalization": _normalization,
+    "ZeroPadding2D": _zero_pad2d,
+    "Dropout": _identity,
+    "SpatialDropout2D": _identity,
+    "GaussianNoise": _identity,
+    "GaussianDropout": _identity,
+    "AlphaDropout": _identity,
+    "ActivityRegularization": _identity,
+}
+
+
+def lower(layer: LayerSpec, shapes: list, dialect: Dialect) -> Lowered:
+    """Run the layer's normaliser (the layer must have passed `refusal_reason`)."""
+    try:
+        return NORMALISERS[layer.class_name](layer, shapes, layer.weights, dialect)
+    except KeyError as exc:
+        if exc.args and exc.args[0] in ("kernel", "bias", "alpha", "gamma", "beta",
+                                        "moving_mean", "moving_variance"):
+            raise _bad(layer, dialect, f"has no {exc.args[0]!r} weight in the file") from None
+        raise
+
+
