@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedLayerError
 from .config import CODE_CLASSES, LayerSpec
+from .shapes import ShapeError, output_shape
 
 Shape = tuple  # of int | None, without the batch axis
 
@@ -32,10 +33,12 @@ class Dialect:
 
 @dataclass
 class Lowered:
+    """A layer call in IR terms: op, attrs, weights; `lower` adds the inferred shape."""
+
     op: str
     attrs: dict[str, Any]
-    shape: Shape
     weights: dict[str, np.ndarray] = field(default_factory=dict)
+    shape: Shape = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,38 +123,6 @@ def _padding(layer: LayerSpec, dialect: Dialect) -> str:
     return pad
 
 
-def _split_hwc(shape: Shape, fmt: str, layer: LayerSpec, dialect: Dialect):
-    if len(shape) != 3:
-        raise _bad(layer, dialect, f"expects a rank-3 input (H, W, C) without the batch axis, "
-                                   f"got shape {shape}")
-    if fmt == "channels_first":
-        c, h, w = shape
-    else:
-        h, w, c = shape
-    return h, w, c
-
-
-def _join_hwc(h, w, c, fmt: str) -> Shape:
-    return (c, h, w) if fmt == "channels_first" else (h, w, c)
-
-
-def _window_out(n, k: int, s: int, d: int, padding: str):
-    """Output length of a sliding window (conv or pool), as Keras computes it."""
-    if n is None:
-        return None
-    if padding == "same":
-        return -(-n // s)
-    span = (k - 1) * d + 1
-    return (n - span) // s + 1 if n >= span else 0
-
-
-def _check_positive(shape: Shape, layer: LayerSpec, dialect: Dialect) -> Shape:
-    if any(d is not None and d <= 0 for d in shape):
-        raise _bad(layer, dialect, f"computes an empty output shape {shape}; the input is "
-                                   f"smaller than the kernel or pool")
-    return shape
-
-
 def _floats(value: Any):
     if isinstance(value, (list, tuple)):
         return [float(v) for v in value]
@@ -214,36 +185,22 @@ def activation(value: Any, layer: LayerSpec, dialect: Dialect) -> dict[str, Any]
 Normaliser = Callable[[LayerSpec, list, dict, Dialect], Lowered]
 
 
-def _one_input(layer: LayerSpec, shapes: list, dialect: Dialect) -> Shape:
-    if len(shapes) != 1:
-        raise _bad(layer, dialect, f"expects one input, the config gives {len(shapes)}")
-    return shapes[0]
-
-
 def _f32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(a, dtype=np.float32))
 
 
 def _conv2d(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
     cfg = layer.config
-    shape = _one_input(layer, shapes, dialect)
     if int(cfg.get("groups", 1) or 1) != 1:
         raise _fail(layer, dialect, f"grouped convolution (groups={cfg['groups']}) is not "
                                     f"supported")
-    fmt = _data_format(cfg)
-    h, wd, c = _split_hwc(shape, fmt, layer, dialect)
     kh, kw = _pair(cfg.get("kernel_size"))
     strides, dilation = _pair(cfg.get("strides"), 1), _pair(cfg.get("dilation_rate"), 1)
-    if max(strides) > 1 and max(dilation) > 1:
-        raise _bad(layer, dialect, "strides > 1 together with dilation_rate > 1 is not allowed "
-                                   "by Keras")
-    padding = _padding(layer, dialect)
     kernel = _f32(w["kernel"])
     filters = int(cfg.get("filters", kernel.shape[-1]))
-    if kernel.shape[:2] != (kh, kw) or kernel.shape[3] != filters or \
-            (c is not None and kernel.shape[2] != c):
+    if kernel.ndim != 4 or kernel.shape[:2] != (kh, kw) or kernel.shape[3] != filters:
         raise _bad(layer, dialect, f"kernel of shape {kernel.shape} does not match kernel_size "
-                                   f"{(kh, kw)}, {c} input channels and {filters} filters")
+                                   f"{(kh, kw)} and {filters} filters")
     if dialect.backend == "theano" and dialect.keras_major == 2:
         # Theano convolves (flips the kernel); Keras 2 flipped Theano kernels when loading
         # them under another backend, so the file's kernel is rotated 180 degrees here.
@@ -251,126 +208,66 @@ def _conv2d(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowere
     weights = {"kernel": kernel}
     if "bias" in w:
         weights["bias"] = _f32(w["bias"]).reshape(filters)
-    out = _join_hwc(_window_out(h, kh, strides[0], dilation[0], padding),
-                    _window_out(wd, kw, strides[1], dilation[1], padding), filters, fmt)
-    attrs = {"strides": strides, "padding": padding, "dilation": dilation,
+    attrs = {"strides": strides, "padding": _padding(layer, dialect), "dilation": dilation,
              "activation": activation(cfg.get("activation"), layer, dialect),
-             "data_format": fmt}
-    return Lowered("conv2d", attrs, _check_positive(out, layer, dialect), weights)
+             "data_format": _data_format(cfg)}
+    return Lowered("conv2d", attrs, weights)
 
 
 def _dense(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
     cfg = layer.config
-    shape = _one_input(layer, shapes, dialect)
     kernel = _f32(w["kernel"])
     units = int(cfg.get("units", kernel.shape[-1]))
-    if not shape or kernel.ndim != 2 or kernel.shape[1] != units or \
-            (shape[-1] is not None and kernel.shape[0] != shape[-1]):
-        raise _bad(layer, dialect, f"kernel of shape {kernel.shape} does not match an input of "
-                                   f"shape {shape} and {units} units")
+    if kernel.ndim != 2 or kernel.shape[1] != units:
+        raise _bad(layer, dialect, f"kernel of shape {kernel.shape} does not match {units} "
+                                   f"units")
+    # A Dense without bias gets an explicit zero bias: the IR's dense always has one.
     bias = _f32(w["bias"]).reshape(units) if "bias" in w else np.zeros(units, np.float32)
     attrs = {"activation": activation(cfg.get("activation"), layer, dialect)}
-    return Lowered("dense", attrs, (*shape[:-1], units), {"kernel": kernel, "bias": bias})
+    return Lowered("dense", attrs, {"kernel": kernel, "bias": bias})
 
 
 def _pool(op: str) -> Normaliser:
     def normalise(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
         cfg = layer.config
-        shape = _one_input(layer, shapes, dialect)
-        fmt = _data_format(cfg)
-        h, wd, c = _split_hwc(shape, fmt, layer, dialect)
         pool = _pair(cfg.get("pool_size"), 2)
-        strides = _pair(cfg.get("strides"), None) if cfg.get("strides") is not None else pool
-        padding = _padding(layer, dialect)
-        out = _join_hwc(_window_out(h, pool[0], strides[0], 1, padding),
-                        _window_out(wd, pool[1], strides[1], 1, padding), c, fmt)
-        attrs = {"pool": pool, "strides": strides, "padding": padding, "data_format": fmt}
-        return Lowered(op, attrs, _check_positive(out, layer, dialect))
+        strides = _pair(cfg["strides"]) if cfg.get("strides") is not None else pool
+        return Lowered(op, {"pool": pool, "strides": strides,
+                            "padding": _padding(layer, dialect),
+                            "data_format": _data_format(cfg)})
     return normalise
 
 
 def _global_pool(op: str) -> Normaliser:
     def normalise(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
         cfg = layer.config
-        fmt = _data_format(cfg)
-        h, wd, c = _split_hwc(_one_input(layer, shapes, dialect), fmt, layer, dialect)
-        keepdims = bool(cfg.get("keepdims", False))
-        out = _join_hwc(1, 1, c, fmt) if keepdims else (c,)
-        return Lowered(op, {"data_format": fmt, "keepdims": keepdims}, out)
+        return Lowered(op, {"data_format": _data_format(cfg),
+                            "keepdims": bool(cfg.get("keepdims", False))})
     return normalise
 
 
-def _prod(shape: Shape):
-    if any(d is None for d in shape):
-        return None
-    return int(np.prod(shape, dtype=np.int64))
-
-
 def _flatten(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
-    shape = _one_input(layer, shapes, dialect)
-    return Lowered("flatten", {"data_format": _data_format(layer.config)}, (_prod(shape),))
+    return Lowered("flatten", {"data_format": _data_format(layer.config)})
 
 
 def _reshape(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
-    shape = _one_input(layer, shapes, dialect)
     target = tuple(int(d) for d in layer.config.get("target_shape", ()))
-    if sum(d == -1 for d in target) > 1 or any(d < -1 or d == 0 for d in target):
-        raise _bad(layer, dialect, f"target_shape {target} is not valid")
-    total, known = _prod(shape), _prod(tuple(d for d in target if d != -1)) or 1
-    if -1 in target:
-        out = tuple((total // known if total is not None else None) if d == -1 else d
-                    for d in target)
-        if total is not None and total % known:
-            raise _bad(layer, dialect, f"cannot reshape {shape} to {target}")
-    else:
-        out = target
-        if total is not None and total != known:
-            raise _bad(layer, dialect, f"cannot reshape {shape} ({total} values) to {target}")
-    return Lowered("reshape", {"target_shape": target}, out)
-
-
-def _merge_dims(a, b, layer: LayerSpec, dialect: Dialect, what: str):
-    if a is None:
-        return b
-    if b is None or a == b:
-        return a
-    if a == 1:
-        return b
-    if b == 1:
-        return a
-    raise _bad(layer, dialect, f"cannot {what} inputs whose dimensions {a} and {b} differ")
+    return Lowered("reshape", {"target_shape": target})
 
 
 def _add(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
     if len(shapes) < 2:
         raise _bad(layer, dialect, f"expects at least two inputs, got {len(shapes)}")
-    if len({len(s) for s in shapes}) != 1:
-        raise _bad(layer, dialect, f"cannot add inputs of different ranks: {shapes}")
-    out = shapes[0]
-    for s in shapes[1:]:
-        out = tuple(_merge_dims(a, b, layer, dialect, "add") for a, b in zip(out, s))
-    return Lowered("add", {}, out)
+    return Lowered("add", {})
 
 
 def _concatenate(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
-    axis = int(layer.config.get("axis", -1))
-    if len(shapes) < 1 or len({len(s) for s in shapes}) != 1:
-        raise _bad(layer, dialect, f"cannot concatenate inputs of shapes {shapes}")
-    rank = len(shapes[0])
-    (pos,) = _axes(axis, rank, layer, dialect)
-    out = list(shapes[0])
-    sizes = [s[pos - 1] for s in shapes]
-    out[pos - 1] = None if any(d is None for d in sizes) else sum(sizes)
-    for s in shapes[1:]:
-        for i, (a, b) in enumerate(zip(out, s)):
-            if i != pos - 1:
-                out[i] = _merge_dims(a, b, layer, dialect, "concatenate")
-    return Lowered("concatenate", {"axis": axis}, tuple(out))
+    return Lowered("concatenate", {"axis": int(layer.config.get("axis", -1))})
 
 
 def _activation_layer(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
     act = activation(layer.config.get("activation"), layer, dialect)
-    return Lowered("activation", {"activation": act}, _one_input(layer, shapes, dialect))
+    return Lowered("activation", {"activation": act})
 
 
 def _relu(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
@@ -379,7 +276,7 @@ def _relu(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
     act = {"name": "relu", "max_value": None if max_value is None else float(max_value),
            "negative_slope": float(cfg.get("negative_slope") or 0.0),
            "threshold": float(cfg.get("threshold") or 0.0)}
-    return Lowered("activation", {"activation": act}, _one_input(layer, shapes, dialect))
+    return Lowered("activation", {"activation": act})
 
 
 def _leaky_relu(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
@@ -387,22 +284,22 @@ def _leaky_relu(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lo
     # Keras 2 calls the slope `alpha`, Keras 3 `negative_slope`; both default to 0.3.
     slope = cfg.get("negative_slope", cfg.get("alpha", 0.3))
     act = {"name": "leaky_relu", "negative_slope": float(0.3 if slope is None else slope)}
-    return Lowered("activation", {"activation": act}, _one_input(layer, shapes, dialect))
+    return Lowered("activation", {"activation": act})
 
 
 def _elu(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
-    act = {"name": "elu", "alpha": float(layer.config.get("alpha", 1.0))}
-    return Lowered("activation", {"activation": act}, _one_input(layer, shapes, dialect))
+    return Lowered("activation", {"activation": {"name": "elu",
+                                                 "alpha": float(layer.config.get("alpha", 1.0))}})
 
 
 def _softmax(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
     axis = layer.config.get("axis", -1)
     axis = tuple(int(a) for a in axis) if isinstance(axis, (list, tuple)) else int(axis)
-    return Lowered("softmax", {"axis": axis}, _one_input(layer, shapes, dialect))
+    return Lowered("softmax", {"axis": axis})
 
 
 def _prelu(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
-    shape = _one_input(layer, shapes, dialect)
+    (shape,) = shapes
     shared = layer.config.get("shared_axes")
     if shared is not None:
         shared = tuple(int(a) for a in (shared if isinstance(shared, (list, tuple)) else [shared]))
@@ -412,12 +309,14 @@ def _prelu(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered
                                                                                   want)):
         raise _bad(layer, dialect, f"alpha of shape {alpha.shape} does not match the input "
                                    f"shape {shape} with shared axes {shared}")
-    return Lowered("prelu", {"shared_axes": shared}, shape, {"alpha": alpha})
+    return Lowered("prelu", {"shared_axes": shared}, {"alpha": alpha})
 
 
 def _batch_norm(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
+    """Weights keep Keras' parameter shape (the sizes of `axis`); gamma / beta are absent when
+    `scale` / `center` is off."""
     cfg = layer.config
-    shape = _one_input(layer, shapes, dialect)
+    (shape,) = shapes
     if cfg.get("renorm"):
         raise _fail(layer, dialect, "batch renormalisation (renorm=True) is not supported")
     if cfg.get("virtual_batch_size") is not None:
@@ -428,26 +327,26 @@ def _batch_norm(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lo
     for role in ("gamma", "beta", "moving_mean", "moving_variance"):
         if role in w:
             arr = _f32(w[role])
-            if None not in param_shape and arr.size != _prod(param_shape):
+            if None not in param_shape and arr.size != int(np.prod(param_shape)):
                 raise _bad(layer, dialect, f"{role} has shape {arr.shape}, expected "
                                            f"{param_shape} for axis {cfg.get('axis', -1)}")
             weights[role] = arr
     attrs = {"axis": axes, "epsilon": float(cfg.get("epsilon", 1e-3)),
              "center": bool(cfg.get("center", True)), "scale": bool(cfg.get("scale", True))}
-    return Lowered("batch_norm", attrs, shape, weights)
+    return Lowered("batch_norm", attrs, weights)
 
 
 def _rescaling(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
     cfg = layer.config
-    attrs = {"scale": _floats(cfg.get("scale", 1.0)), "offset": _floats(cfg.get("offset", 0.0))}
-    return Lowered("rescaling", attrs, _one_input(layer, shapes, dialect))
+    return Lowered("rescaling", {"scale": _floats(cfg.get("scale", 1.0)),
+                                 "offset": _floats(cfg.get("offset", 0.0))})
 
 
 def _normalization(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
     """Keras preprocessing Normalization: mean / variance kept with the broadcast shape (no
     batch axis) over the layer's axes, e.g. (1, 1, C) for axis=-1 on (H, W, C)."""
     cfg = layer.config
-    shape = _one_input(layer, shapes, dialect)
+    (shape,) = shapes
     if cfg.get("invert"):
         raise _fail(layer, dialect, "invert=True (de-normalisation) is not supported")
     axis = cfg.get("axis", -1)
@@ -461,33 +360,30 @@ def _normalization(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) ->
         if value is None:
             raise _bad(layer, dialect, f"has no {role} (the layer was never adapted)")
         arr = np.asarray(value, dtype=np.float32)
-        if arr.size == _prod(bshape):
+        if arr.size == int(np.prod(bshape)):
             out[role] = np.ascontiguousarray(arr.reshape(bshape))
         elif arr.size == 1:
             out[role] = np.full(bshape, arr.item(), dtype=np.float32)
         else:
             raise _bad(layer, dialect, f"{role} of shape {arr.shape} does not fit axis {axis} "
                                        f"of an input of shape {shape}")
-    return Lowered("normalization", {"axis": axes}, shape, out)
+    return Lowered("normalization", {"axis": axes}, out)
 
 
 def _zero_pad2d(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
     cfg = layer.config
-    fmt = _data_format(cfg)
-    h, wd, c = _split_hwc(_one_input(layer, shapes, dialect), fmt, layer, dialect)
     pad = cfg.get("padding", 1)
     if isinstance(pad, (list, tuple)) and len(pad) == 2 and isinstance(pad[0], (list, tuple)):
         (t, b), (lf, r) = _pair(pad[0]), _pair(pad[1])
     else:
         (t, lf) = _pair(pad)
         b, r = t, lf
-    out = _join_hwc(None if h is None else h + t + b, None if wd is None else wd + lf + r, c,
-                    fmt)
-    return Lowered("zero_pad2d", {"padding": ((t, b), (lf, r)), "data_format": fmt}, out)
+    return Lowered("zero_pad2d", {"padding": ((t, b), (lf, r)),
+                                  "data_format": _data_format(cfg)})
 
 
 def _identity(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
-    return Lowered("identity", {}, _one_input(layer, shapes, dialect))
+    return Lowered("identity", {})
 
 
 _CONV_CLASSES = ("Conv2D", "Convolution2D")
@@ -529,13 +425,21 @@ NORMALISERS: dict[str, Normaliser] = {
 
 
 def lower(layer: LayerSpec, shapes: list, dialect: Dialect) -> Lowered:
-    """Run the layer's normaliser (the layer must have passed `refusal_reason`)."""
+    """Run the layer's normaliser (the layer must have passed `refusal_reason`) and infer the
+    output shape of the call from its input shapes."""
+    if layer.class_name not in ("Add", "Concatenate") and len(shapes) != 1:
+        raise _bad(layer, dialect, f"expects one input, the config gives {len(shapes)}")
     try:
-        return NORMALISERS[layer.class_name](layer, shapes, layer.weights, dialect)
+        low = NORMALISERS[layer.class_name](layer, shapes, layer.weights, dialect)
     except KeyError as exc:
         if exc.args and exc.args[0] in ("kernel", "bias", "alpha", "gamma", "beta",
                                         "moving_mean", "moving_variance"):
             raise _bad(layer, dialect, f"has no {exc.args[0]!r} weight in the file") from None
         raise
+    try:
+        low.shape = output_shape(low.op, low.attrs, low.weights, shapes)
+    except ShapeError as exc:
+        raise _bad(layer, dialect, str(exc)) from None
+    return low
 
 

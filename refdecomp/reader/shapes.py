@@ -1,0 +1,182 @@
+"""Shape inference on the IR: the output shape of each op from its attrs, weights and input shapes.
+
+Shapes exclude the batch axis; `None` marks a dimension the file leaves open (e.g. a fully
+convolutional model with input `(None, None, 3)`). `with_input_shapes` fixes such dimensions
+for a concrete input size and re-infers every node, which is what running the graph needs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError, ModelFormatError
+from ..graph import Graph, Node
+
+Shape = tuple
+
+
+class ShapeError(ValueError):
+    """An op cannot be applied to inputs of these shapes (the message says why)."""
+
+
+def _hwc(shape: Shape, fmt: str):
+    if len(shape) != 3:
+        raise ShapeError(f"expects a rank-3 input (H, W, C) without the batch axis, got "
+                         f"shape {shape}")
+    return (shape[1], shape[2], shape[0]) if fmt == "channels_first" else shape
+
+
+def _from_hwc(h, w, c, fmt: str) -> Shape:
+    return (c, h, w) if fmt == "channels_first" else (h, w, c)
+
+
+def window_out(n, k: int, s: int, d: int, padding: str):
+    """Output length of a sliding window (convolution or pooling), as Keras computes it."""
+    if n is None:
+        return None
+    if padding == "same":
+        return -(-n // s)
+    span = (k - 1) * d + 1
+    return (n - span) // s + 1 if n >= span else 0
+
+
+def prod(shape: Shape):
+    if any(d is None for d in shape):
+        return None
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _broadcast(a, b, what: str):
+    if a is None:
+        return b
+    if b is None or a == b or b == 1:
+        return a
+    if a == 1:
+        return b
+    raise ShapeError(f"cannot {what} inputs whose dimensions {a} and {b} differ")
+
+
+def _window(attrs: dict, shape: Shape, k: tuple, channels) -> Shape:
+    fmt = attrs.get("data_format", "channels_last")
+    h, w, c = _hwc(shape, fmt)
+    d = attrs.get("dilation", (1, 1))
+    s, p = attrs["strides"], attrs["padding"]
+    return _from_hwc(window_out(h, k[0], s[0], d[0], p), window_out(w, k[1], s[1], d[1], p),
+                     c if channels is None else channels, fmt)
+
+
+def output_shape(op: str, attrs: dict, weights: dict, shapes: list[Shape]) -> Shape:
+    """Output shape of one op; raises `ShapeError` if the inputs do not fit."""
+    if op in ("add", "concatenate"):
+        if not shapes or len({len(s) for s in shapes}) != 1:
+            raise ShapeError(f"cannot {op} inputs of shapes {shapes}")
+        return _merge(op, attrs, shapes)
+    if len(shapes) != 1:
+        raise ShapeError(f"expects one input, got {len(shapes)}")
+    (x,) = shapes
+    if op == "conv2d":
+        kernel = weights["kernel"]
+        c = _hwc(x, attrs.get("data_format", "channels_last"))[2]
+        if c is not None and kernel.shape[2] != c:
+            raise ShapeError(f"kernel of shape {kernel.shape} expects {kernel.shape[2]} input "
+                             f"channels, the input has {c}")
+        out = _window(attrs, x, kernel.shape[:2], kernel.shape[3])
+    elif op in ("max_pool2d", "avg_pool2d"):
+        out = _window(attrs, x, attrs["pool"], None)
+    elif op == "dense":
+        kernel = weights["kernel"]
+        if not x or (x[-1] is not None and x[-1] != kernel.shape[0]):
+            raise ShapeError(f"kernel of shape {kernel.shape} does not fit an input of shape {x}")
+        out = (*x[:-1], kernel.shape[1])
+    elif op in ("global_avg_pool2d", "global_max_pool2d"):
+        fmt = attrs.get("data_format", "channels_last")
+        c = _hwc(x, fmt)[2]
+        out = _from_hwc(1, 1, c, fmt) if attrs.get("keepdims") else (c,)
+    elif op == "flatten":
+        out = (prod(x),)
+    elif op == "reshape":
+        out = _reshape(x, tuple(attrs["target_shape"]))
+    elif op == "zero_pad2d":
+        fmt = attrs.get("data_format", "channels_last")
+        h, w, c = _hwc(x, fmt)
+        (t, b), (lf, r) = attrs["padding"]
+        out = _from_hwc(None if h is None else h + t + b, None if w is None else w + lf + r, c,
+                        fmt)
+    else:   # element-wise ops keep the shape
+        out = tuple(x)
+    if any(d is not None and d <= 0 for d in out):
+        raise ShapeError(f"gives an empty output shape {out}; the input {x} is smaller than "
+                         f"the kernel or pool")
+    return tuple(out)
+
+
+def _merge(op: str, attrs: dict, shapes: list[Shape]) -> Shape:
+    rank = len(shapes[0])
+    if op == "add":
+        out = shapes[0]
+        for s in shapes[1:]:
+            out = tuple(_broadcast(a, b, "add") for a, b in zip(out, s))
+        return out
+    axis = int(attrs.get("axis", -1))
+    pos = axis + rank + 1 if axis < 0 else axis
+    if not 1 <= pos <= rank:
+        raise ShapeError(f"axis {axis} is out of range for inputs of rank {rank + 1}")
+    out = list(shapes[0])
+    sizes = [s[pos - 1] for s in shapes]
+    for s in shapes[1:]:
+        for i, (a, b) in enumerate(zip(out, s)):
+            if i != pos - 1:
+                if a is not None and b is not None and a != b:
+                    raise ShapeError(f"cannot concatenate inputs of shapes {shapes} on axis "
+                                     f"{axis}")
+                out[i] = a if a is not None else b
+    out[pos - 1] = None if any(d is None for d in sizes) else sum(sizes)
+    return tuple(out)
+
+
+def _reshape(x: Shape, target: tuple) -> Shape:
+    if sum(d == -1 for d in target) > 1 or any(d < -1 or d == 0 for d in target):
+        raise ShapeError(f"target_shape {target} is not valid")
+    total, known = prod(x), prod(tuple(d for d in target if d != -1))
+    if -1 in target:
+        if total is not None and total % known:
+            raise ShapeError(f"cannot reshape {x} to {target}")
+        return tuple((None if total is None else total // known) if d == -1 else d
+                     for d in target)
+    if total is not None and total != known:
+        raise ShapeError(f"cannot reshape {x} ({total} values) to {target}")
+    return target
+
+
+def infer(node: Node, shapes: list[Shape], source: str = "") -> Shape:
+    """`output_shape` for a node, with errors that name the file and layer."""
+    try:
+        return output_shape(node.op, node.attrs, node.weights, shapes)
+    except ShapeError as exc:
+        raise ModelFormatError(f"{source}: layer {node.name!r} ({node.keras_class or node.op}) "
+                               f"{exc}") from None
+
+
+def with_input_shapes(graph: Graph, shapes: list[Any]) -> Graph:
+    """A copy of `graph` whose inputs have the given concrete shapes (no batch axis) and every
+    node's shape re-inferred; for graphs whose file leaves dimensions open."""
+    if len(shapes) != len(graph.inputs):
+        raise DataError(f"with_input_shapes: the model has {len(graph.inputs)} inputs, "
+                        f"got {len(shapes)} shapes")
+    given = dict(zip(graph.inputs, (tuple(int(d) for d in s) for s in shapes)))
+    known: dict[str, Shape] = {}
+    nodes = []
+    for node in graph.nodes:
+        if node.op == "input":
+            want = given[node.name]
+            if len(want) != len(node.shape) or any(
+                    d is not None and d != w for d, w in zip(node.shape, want)):
+                raise DataError(f"input {node.name!r} has shape {node.shape}; {want} does not "
+                                f"fit it")
+            shape = want
+        else:
+            shape = infer(node, [known[i] for i in node.inputs], graph.source)
+        known[node.name] = shape
+        nodes.append(node.replace(shape=shape))
+    return graph.with_nodes(nodes)
