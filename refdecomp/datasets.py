@@ -130,14 +130,15 @@ def _make(name, x_train, y_train, x_test, y_test, class_names) -> Dataset:
 
 # --------------------------------------------------------------------------- CIFAR pickles
 
-_NUMPY_GLOBALS = frozenset(
-    {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
-)
+# The only callables a pickled array needs. Older files name numpy.core (numpy 1), newer
+# ones numpy._core (numpy 2); both resolve to the installed numpy's own function.
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
@@ -149,7 +150,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) in _NUMPY_GLOBALS:
-            return super().find_class(module, name)
+            return _NUMPY_GLOBALS[module, name]
         raise DataError(
             f"{self._source}: refusing to load the pickled object {module}.{name}; a CIFAR "
             "batch holds only dicts, lists, strings and numpy arrays, so this file is not a "

@@ -90,6 +90,7 @@ def atomic_json(path: Path, obj) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -267,9 +268,8 @@ def train(args) -> None:
             return
 
     # The shipped file: architecture + weights only (no optimizer), legacy HDF5.
-    final = keras.models.clone_model(model)
-    final.set_weights(model.get_weights())
-    atomic_save(final, out)
+    atomic_save(model, out, include_optimizer=False)
+    final = keras.models.load_model(out, compile=False)
     probs = final.predict(ds.x_test.astype(np.float32), batch_size=1000, verbose=0)
     argv = [a for a in sys.argv[1:] if a != "--resume"]
     record(out, ds, {
