@@ -48,7 +48,7 @@ class Recorder:
 class Model:
     """An executable model over a `Graph` (see docs/architecture.md, "Interpreter")."""
 
-    def __init__(self, graph: Graph, fold: bool = True, *, engine: str = "reference"):
+    def __init__(self, graph: Graph, fold: bool = True, *, engine: str = "numba"):
         if engine not in ENGINES:
             raise RefdecompError(f"Model: engine must be one of {ENGINES}, got {engine!r}")
         graph.validate()
@@ -227,8 +227,8 @@ def _make_executor(graph: Graph, engine: str):
                 for n in graph.nodes}
     kernel_ops = None
     if engine == "numba":
-        from kernels import interface as kernel_ops  # noqa: PLC0415 (heavy import, on demand)
-        kernel_ops = kernel_ops.prepare(graph)
+        from .ops.lowering import lower  # noqa: PLC0415 (imports Numba: only when used)
+        kernel_ops = lower(graph)
 
     def execute(batch, masks, recorder, groups, outputs):
         keep = set(outputs)

@@ -1,0 +1,29 @@
+"""Element-wise sum of same-shape float32 arrays, optionally followed by an activation, in one
+parallel pass."""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .epilogue import apply_activation
+
+
+@njit(parallel=True, cache=True)
+def _add2(a, b, out, code, p0, p1, p2):
+    for i in prange(a.shape[0]):
+        out[i] = apply_activation(a[i] + b[i], code, p0, p1, p2)
+
+
+def add(arrays, act=(0, 0.0, 0.0, 0.0)) -> np.ndarray:
+    """act(sum(arrays)); arrays must share one shape (broadcasting is left to NumPy callers)."""
+    out = np.empty(arrays[0].shape, np.float32)
+    flat = out.reshape(-1)
+    acc = np.ascontiguousarray(arrays[0]).reshape(-1)
+    for k, b in enumerate(arrays[1:]):
+        last = k == len(arrays) - 2
+        _add2(acc, np.ascontiguousarray(b).reshape(-1), flat, *(act if last else (0, 0.0, 0.0,
+                                                                                   0.0)))
+        acc = flat
+    if len(arrays) == 1:
+        _add2(acc, np.zeros_like(acc), flat, *act)
+    return out

@@ -1,0 +1,133 @@
+"""The fused epilogue of conv2d and dense: bias, per-group recording of "value > 0", the
+activation and the mask, in one parallel pass over the layer's linear output.
+
+The output is a 2-D array (rows = image * positions + position, columns = channels). Masks and
+bit maps are flat per image; their element for (position p, channel c) is at p * sp + c * sc,
+so channels_first layouts are addressed without copies.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+# activation codes understood by the kernels (others are applied afterwards by the caller)
+ACT_CODES = {
+    "linear": 0, "relu": 1, "leaky_relu": 2, "elu": 3, "selu": 4, "sigmoid": 5,
+    "hard_sigmoid_keras2": 6, "hard_sigmoid_keras3": 7, "tanh": 8, "softplus": 9,
+    "softsign": 10, "exponential": 11, "swish": 12, "silu": 12, "relu6": 13, "gelu_tanh": 14,
+    "gelu_erf": 15, "mish": 16, "hard_silu": 17, "hard_swish": 17,
+}
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def activation_code(act: dict) -> tuple[int, float, float, float] | None:
+    """(code, p0, p1, p2) for an activation dict, or None if the kernels do not implement it.
+
+    relu: p0 = max_value (inf for none), p1 = negative_slope, p2 = threshold;
+    leaky_relu: p1 = negative_slope; elu: p0 = alpha."""
+    name = act.get("name", "linear")
+    if name == "relu":
+        mv = act.get("max_value")
+        return 1, (math.inf if mv is None else float(mv)), float(act.get("negative_slope", 0.0)
+                                                                  or 0.0), \
+            float(act.get("threshold", 0.0) or 0.0)
+    if name == "leaky_relu":
+        return 2, 0.0, float(act.get("negative_slope", 0.2)), 0.0
+    if name == "elu":
+        return 3, float(act.get("alpha", 1.0)), 0.0, 0.0
+    if name == "hard_sigmoid":
+        name = "hard_sigmoid_" + act.get("dialect", "keras3")
+    if name == "gelu":
+        name = "gelu_tanh" if act.get("approximate", False) else "gelu_erf"
+    code = ACT_CODES.get(name)
+    return None if code is None else (code, 0.0, 0.0, 0.0)
+
+
+@njit(inline="always")
+def _sigmoid(v):
+    if v >= 0:
+        return 1.0 / (1.0 + math.exp(-v))
+    e = math.exp(v)
+    return e / (1.0 + e)
+
+
+@njit(inline="always")
+def _softplus(v):
+    return max(v, 0.0) + math.log1p(math.exp(-abs(v)))
+
+
+@njit(inline="always")
+def apply_activation(v, code, p0, p1, p2):
+    """Scalar activation (Keras formulas, see refdecomp.ops.reference)."""
+    if code == 0:
+        return v
+    if code == 1:
+        if p2 != 0.0:
+            y = v if v > p2 else 0.0
+        else:
+            y = v if v > 0.0 else 0.0
+        if p0 != math.inf:
+            y = min(max(y, 0.0), p0)
+        if p1 != 0.0:
+            if p0 == math.inf and p2 == 0.0:
+                return v if v >= 0.0 else p1 * v
+            y -= p1 * max(p2 - v, 0.0)
+        return y
+    if code == 2:
+        return v if v >= 0.0 else p1 * v
+    if code == 3:
+        return v if v > 0.0 else p0 * math.expm1(v)
+    if code == 4:
+        return SELU_SCALE * (v if v > 0.0 else SELU_ALPHA * math.expm1(v))
+    if code == 5:
+        return _sigmoid(v)
+    if code == 6:
+        return min(max(0.2 * v + 0.5, 0.0), 1.0)
+    if code == 7:
+        return min(max(v / 6.0 + 0.5, 0.0), 1.0)
+    if code == 8:
+        return math.tanh(v)
+    if code == 9:
+        return _softplus(v)
+    if code == 10:
+        return v / (1.0 + abs(v))
+    if code == 11:
+        return math.exp(v)
+    if code == 12:
+        return v * _sigmoid(v)
+    if code == 13:
+        return min(max(v, 0.0), 6.0)
+    if code == 14:
+        return 0.5 * v * (1.0 + math.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v ** 3)))
+    if code == 15:
+        return 0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0)))
+    if code == 16:
+        return v * math.tanh(_softplus(v))
+    if code == 17:
+        return v * min(max(v / 6.0 + 0.5, 0.0), 1.0)
+    return v
+
+
+@njit(parallel=True, cache=True)
+def epilogue(y, bias, code, p0, p1, p2, positions, mask, msp, msc, seen, ssp, ssc, groups):
+    """In place on y (rows, C): y = act(y + bias) * mask, and seen[group, p*ssp + c*ssc] = 1
+    where y + bias > 0. `positions` = rows per image; empty `mask` / `seen` disable them;
+    `groups[i]` is the group of the chunk's i-th image."""
+    rows, C = y.shape
+    has_mask = mask.shape[0] > 0
+    has_seen = seen.shape[0] > 0
+    for r in prange(rows):
+        p = r % positions
+        if has_seen:
+            g = groups[r // positions]
+        for c in range(C):
+            v = y[r, c] + bias[c]
+            if has_seen and v > 0:
+                seen[g, p * ssp + c * ssc] = 1
+            v = apply_activation(v, code, p0, p1, p2)
+            if has_mask and mask[p * msp + c * msc] == 0:
+                v = 0.0
+            y[r, c] = v

@@ -1,0 +1,112 @@
+"""Bind graph nodes to the Numba kernels in `kernels/`.
+
+`lower(graph)` returns `{node name: fn(inputs, mask, seen, groups) -> output}` for the nodes the
+kernels handle (conv2d, dense, max/avg pooling, same-shape add); every other node runs on the
+reference ops. Layout conversions (channels_first) and activations the kernels do not implement
+are handled here, so the kernels only ever see NHWC arrays and activation codes.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from kernels.add import add as add_kernel
+from kernels.conv import Conv2D
+from kernels.dense import Dense
+from kernels.epilogue import activation_code
+from kernels.pool import pool2d
+
+from ..graph import Graph, Node
+from . import reference as ref
+
+NO_MASK = np.empty(0, np.uint8)
+NO_SEEN = np.empty((0, 0), np.uint8)
+NO_GROUPS = np.empty(0, np.int32)
+LINEAR_CODE = (0, 0.0, 0.0, 0.0)
+
+Fn = Callable[[list, "np.ndarray | None", "np.ndarray | None", "np.ndarray | None"], np.ndarray]
+
+
+def _weighted(node: Node, kernel, positions: int, channels: int, channels_first: bool) -> Fn:
+    """Wrap a Conv2D / Dense kernel: flat mask/seen addressing, fallback activations."""
+    code = activation_code(node.activation)
+    where = ref.describe_layer(node.name, node.keras_class or node.op)
+    kernel.act = code if code is not None else LINEAR_CODE
+    sp, sc = (1, positions) if channels_first else (channels, 1)
+
+    def run(x, mask, seen, groups):
+        fused_mask = mask is not None and code is not None
+        y = kernel(x, mask.reshape(-1) if fused_mask else NO_MASK, sp, sc,
+                   NO_SEEN if seen is None else seen.reshape(seen.shape[0], -1), sp, sc,
+                   NO_GROUPS if groups is None else groups)
+        return y, (None if code is not None else node.activation), \
+            (mask if mask is not None and not fused_mask else None), where
+    return run
+
+
+def _finish(y, act, mask, where):
+    if act is not None:
+        y = ref.activate(y, act, where)
+    if mask is not None:
+        y = y * mask
+    return y
+
+
+def _conv(node: Node) -> Fn:
+    a = node.attrs
+    cf = a.get("data_format") == "channels_first"
+    k = node.weights["kernel"]
+    kern = Conv2D(k, node.weights.get("bias"), a["strides"], a["padding"],
+                  a.get("dilation", (1, 1)), LINEAR_CODE)
+    spatial = node.shape[1:] if cf else node.shape[:-1]
+    run = _weighted(node, kern, int(np.prod(spatial)), k.shape[-1], cf)
+
+    def conv(inputs, mask, seen, groups):
+        x = inputs[0]
+        if cf:
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        y, act, m, where = run(x, mask, seen, groups)
+        if cf:
+            y = np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+        return _finish(y, act, m, where)
+    return conv
+
+
+def _dense(node: Node) -> Fn:
+    k = node.weights["kernel"]
+    kern = Dense(k, node.weights.get("bias"), LINEAR_CODE)
+    run = _weighted(node, kern, int(np.prod(node.shape[:-1], dtype=np.int64)), k.shape[-1], False)
+
+    def dense(inputs, mask, seen, groups):
+        return _finish(*run(np.ascontiguousarray(inputs[0]), mask, seen, groups))
+    return dense
+
+
+def _pool(node: Node) -> Fn:
+    a = node.attrs
+    cf = a.get("data_format") == "channels_first"
+    is_max = node.op == "max_pool2d"
+
+    def pool(inputs, mask, seen, groups):
+        x = ref.to_nhwc(inputs[0], "channels_first" if cf else "channels_last")
+        y = pool2d(x, tuple(a["pool"]), tuple(a["strides"]), a["padding"], is_max)
+        return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if cf else y
+    return pool
+
+
+def _add(node: Node) -> Fn:
+    def add(inputs, mask, seen, groups):
+        if any(t.shape != inputs[0].shape for t in inputs[1:]):
+            return ref.add(node, inputs)     # broadcasting add: the reference handles it
+        return add_kernel([t.astype(np.float32, copy=False) for t in inputs])
+    return add
+
+
+_LOWER = {"conv2d": _conv, "dense": _dense, "max_pool2d": _pool, "avg_pool2d": _pool,
+          "add": _add}
+
+
+def lower(graph: Graph) -> dict[str, Fn]:
+    """Kernel-backed implementations of the graph's conv, dense, pooling and add nodes."""
+    return {n.name: _LOWER[n.op](n) for n in graph if n.op in _LOWER}
