@@ -1,0 +1,271 @@
+"""The `refdecomp` command line: a thin layer over the Python API.
+
+Every subcommand prints a readable table (or JSON with `--json`), writes its reports atomically,
+and turns bad input into one clear line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import RefdecompError
+from .report import markdown_table, print_json, write_report
+
+DEFAULT_DEMO_MODEL = Path(__file__).resolve().parent.parent / "weights" / "digits_cnn.h5"
+
+
+# -- shared argument helpers -----------------------------------------------------------------
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="Keras model file (.h5, .keras) or weights-only file")
+    p.add_argument("--architecture", help="JSON config or full model file, for weights-only files")
+
+
+def _add_data(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--data", required=required,
+                   help="dataset name (digits, mnist, fashion_mnist, cifar10, cifar100) or a path "
+                        "(.npz, image-folder tree or .tar/.tar.gz of one, CIFAR/IDX files)")
+    p.add_argument("--data-dir", help="folder holding dataset files (default: $REFDECOMP_DATA)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use only the first N images of each split (deterministic subset)")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _load_data(args: argparse.Namespace):
+    from .datasets import load_dataset
+
+    from .experiments import limit_dataset
+
+    return limit_dataset(load_dataset(args.data, data_dir=args.data_dir), args.limit)
+
+
+def _load_model(args: argparse.Namespace):
+    from . import load_model
+
+    return load_model(args.model, architecture=getattr(args, "architecture", None))
+
+
+def _x(images: np.ndarray) -> np.ndarray:
+    """Models take raw pixel values 0..255 as float32 (preprocessing lives in the model)."""
+    return images.astype(np.float32)
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    if args.json:
+        print_json(data)
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+
+
+# -- subcommands ------------------------------------------------------------------------------
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .interpreter import node_macs
+
+    model = _load_model(args)
+    g = model.source_graph
+    rows = [{"layer": n.name, "class": n.keras_class or n.op, "op": n.op,
+             "output_shape": [None, *n.shape], "inputs": n.inputs,
+             "parameters": n.n_params(), "macs": node_macs(g, n)} for n in g]
+    data = {"model": args.model, "layers": rows,
+            "parameters": int(sum(r["parameters"] for r in rows)),
+            "macs": int(sum(r["macs"] for r in rows))}
+    _emit(args, data, model.summary())
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    model = _load_model(args)
+    ds = _load_data(args)
+    x, y = ds.split(args.split)
+    t0 = time.perf_counter()
+    probs = model.predict(_x(x), batch_size=args.batch_size, progress=not args.no_progress)
+    seconds = time.perf_counter() - t0
+    from .experiments import describe
+    from .metrics import top_k_accuracy
+
+    data = {"model": args.model, "data": describe(ds, args.split), "images": int(len(x)),
+            "seconds": seconds, "images_per_second": len(x) / seconds,
+            "top1": top_k_accuracy(probs, y, 1), "top5": top_k_accuracy(probs, y, 5)}
+    if args.out:
+        from .fileio import atomic_path
+
+        with atomic_path(args.out, suffix=".npz") as tmp:
+            np.savez_compressed(tmp, probabilities=probs, labels=y)
+        data["out"] = args.out
+    text = markdown_table(["images", "top-1", "top-5", "images/s"],
+                          [[data["images"], data["top1"], data["top5"], data["images_per_second"]]])
+    _emit(args, data, text)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import audit_model
+
+    model = _load_model(args)
+    result = audit_model(model, args.model, against=args.against, n_images=args.images,
+                         seed=args.seed, architecture=args.architecture)
+    rows = [[r["layer"], r["class"], r["shape"], f"{r['rel_error']:.2e}", "ok" if r["ok"] else "DIFF"]
+            for r in result["layers"]]
+    text = (f"audit of {args.model} against {result['against']} on {result['images']} random "
+            f"inputs (tolerance {result['tolerance']:.0e})\n"
+            + markdown_table(["layer", "class", "output shape", "relative error", ""], rows))
+    _emit(args, result, text)
+    return 0 if result["ok"] else 1
+
+
+def cmd_decompose(args: argparse.Namespace) -> int:
+    from . import decompose
+    from .experiments import describe
+
+    model = _load_model(args)
+    ds = _load_data(args)
+    t0 = time.perf_counter()
+    ms = decompose(model, _x(ds.x_train), ds.y_train, backtrack=args.backtrack, delta=args.delta,
+                   seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
+                   class_names=list(ds.class_names), data=describe(ds, "train"))
+    seconds = time.perf_counter() - t0
+    ms.save(args.out)
+    data = {"model": args.model, "modules": args.out, "classes": len(ms),
+            "backtrack": args.backtrack, "seconds": seconds,
+            "size": [m.size() for m in ms]}
+    _emit(args, data, f"wrote {len(ms)} modules to {args.out} in {seconds:.1f} s")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import load_modules
+    from .experiments import evaluation_report
+
+    ms = load_modules(args.modules, model=args.model)
+    ds = _load_data(args)
+    result = evaluation_report(ms, ds, batch_size=args.batch_size, progress=not args.no_progress,
+                               out_dir=args.report_dir)
+    _emit(args, result["data"], result["markdown"])
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import load_modules
+
+    ms = load_modules(args.modules, model=args.model)
+    module = ms[args.cls]
+    path = module.export_keras(args.out, compact=args.compact)
+    size = Path(path).stat().st_size
+    _emit(args, {"out": str(path), "class": args.cls, "compact": args.compact, "bytes": size},
+          f"wrote {path} ({size} bytes)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .experiments import run_decomposition_experiment
+
+    model_path = args.model or str(DEFAULT_DEMO_MODEL)
+    result = run_decomposition_experiment(
+        model_path, args.data, data_dir=args.data_dir, limit=args.limit,
+        backtrack=args.backtrack, delta=args.delta, seed=args.seed, out_dir=args.out,
+        batch_size=args.batch_size, progress=not args.no_progress)
+    _emit(args, result["data"], result["markdown"])
+    return 0
+
+
+def cmd_scenario(args: argparse.Namespace) -> int:
+    from .scenarios.commands import run_scenario
+
+    result = run_scenario(args)
+    _emit(args, result["data"], result["markdown"])
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refdecomp",
+        description="Decompose trained Keras CNNs into reusable, replaceable per-class modules "
+                    "(Pan & Rajan, ICSE 2022) on a TensorFlow-free interpreter.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"refdecomp {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("inspect", cmd_inspect, "layer table: output shapes, parameters, multiply-accumulates")
+    _add_model(p); _add_common(p)
+
+    p = add("predict", cmd_predict, "predict a dataset split and report top-1 / top-5")
+    _add_model(p); _add_data(p); _add_common(p)
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--out", help="write probabilities and labels to this .npz")
+
+    p = add("audit", cmd_audit, "compare every layer's output with Keras (when installed) or with "
+                                "the NumPy reference interpreter")
+    _add_model(p); _add_common(p)
+    p.add_argument("--against", choices=["auto", "keras", "reference"], default="auto")
+    p.add_argument("--images", type=int, default=4, help="random inputs to compare on")
+    p.add_argument("--seed", type=int, default=0)
+
+    def decomposition_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--backtrack", choices=["none", "last_conv", "input"], default="last_conv")
+        p.add_argument("--delta", type=float, default=0.5)
+        p.add_argument("--seed", type=int, default=0)
+
+    p = add("decompose", cmd_decompose, "decompose a model into one module per class")
+    _add_model(p); _add_data(p); _add_common(p); decomposition_options(p)
+    p.add_argument("--out", required=True, help="module set file to write (.h5)")
+
+    p = add("evaluate", cmd_evaluate, "compose modules and report accuracy, size and Jaccard")
+    p.add_argument("modules", help="module set file written by `refdecomp decompose`")
+    p.add_argument("--model", help="source model file, if the module file does not embed it")
+    _add_data(p); _add_common(p)
+    p.add_argument("--report-dir", help="write JSON, Markdown and plots here")
+
+    p = add("export", cmd_export, "write one module as a Keras file")
+    p.add_argument("modules"); p.add_argument("--model")
+    p.add_argument("--class", dest="cls", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--compact", action="store_true", help="also drop removed filters and units")
+    p.add_argument("--json", action="store_true")
+
+    p = add("demo", cmd_demo, "the main job: decompose a model, compose its modules, report "
+                              "(default: the shipped digits CNN on scikit-learn's digits, offline)")
+    p.add_argument("--model", help=f"model file (default: {DEFAULT_DEMO_MODEL.name})")
+    p.add_argument("--data", default="digits")
+    p.add_argument("--data-dir"); p.add_argument("--limit", type=int)
+    p.add_argument("--out", default="out/demo", help="folder for modules and reports")
+    _add_common(p); decomposition_options(p)
+
+    from .scenarios.commands import add_scenario_parsers
+
+    add_scenario_parsers(sub, cmd_scenario, _add_common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except RefdecompError as exc:
+        print(f"refdecomp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"refdecomp {args.command}: error: file not found: {exc.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130

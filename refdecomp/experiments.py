@@ -1,0 +1,134 @@
+"""The main job: decompose a model on a dataset's training split, compose its modules, and
+compare them with the model on the test split (the paper's Table 1 for one model).
+
+Used by `refdecomp demo` and `refdecomp evaluate`; writes the module file, a JSON and a Markdown
+report and a plot, each naming the command that produced it.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics
+from .report import bar_plots, command_line, markdown_table, write_report
+
+
+def as_input(images: np.ndarray) -> np.ndarray:
+    """Models take raw pixel values 0..255 as float32 (their preprocessing lives inside them)."""
+    return np.asarray(images, dtype=np.float32)
+
+
+def limit_dataset(ds, limit: int | None):
+    """The first `limit` images of each split (deterministic), or `ds` itself."""
+    if not limit:
+        return ds
+    from dataclasses import replace
+
+    return replace(ds, x_train=ds.x_train[:limit], y_train=ds.y_train[:limit],
+                   x_test=ds.x_test[:limit], y_test=ds.y_test[:limit])
+
+
+def describe(ds, split: str) -> str:
+    x, _ = ds.split(split)
+    return f"{ds.name} {split} split, {len(x)} images {tuple(x.shape[1:])}"
+
+
+def model_accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int, progress: bool) -> dict:
+    t0 = time.perf_counter()
+    probs = model.predict(as_input(x), batch_size=batch_size, progress=progress)
+    seconds = time.perf_counter() - t0
+    return {"top1": metrics.top_k_accuracy(probs, y, 1), "top5": metrics.top_k_accuracy(probs, y, 5),
+            "seconds": seconds}
+
+
+def evaluation_report(ms, ds, *, batch_size: int = 256, progress: bool = True,
+                      out_dir: str | Path | None = None, model_figures: dict | None = None,
+                      extra: dict | None = None) -> dict[str, Any]:
+    """Evaluate module set `ms` on the test split of `ds`; return {"data", "markdown"} and, with
+    `out_dir`, write `report.json`, `report.md` and `modules.png` there."""
+    x, y = ds.split("test")
+    if model_figures is None:
+        model_figures = model_accuracy(ms.model, x, y, batch_size, progress)
+    t0 = time.perf_counter()
+    ev = ms.evaluate(as_input(x), y, batch_size=batch_size, progress=progress)
+    eval_seconds = time.perf_counter() - t0
+    names = list(ds.class_names)
+    data: dict[str, Any] = {
+        "data": describe(ds, "test"),
+        "options": ms.options,
+        "model": {"top1": model_figures["top1"], "top5": model_figures["top5"]},
+        "composed": {"top1": ev["top1"], "top5": ev["top5"]},
+        "cost_pp": {"top1": 100 * (model_figures["top1"] - ev["top1"]),
+                    "top5": 100 * (model_figures["top5"] - ev["top5"])},
+        "mean_jaccard_values": ev["mean_jaccard_values"],
+        "mean_jaccard_set": ev["mean_jaccard_set"],
+        "evaluate_seconds": eval_seconds,
+        "modules": ev["modules"],
+        **(extra or {}),
+    }
+    head = markdown_table(
+        ["", "top-1", "top-5"],
+        [["model", _pct(data["model"]["top1"]), _pct(data["model"]["top5"])],
+         ["composed modules", _pct(ev["top1"]), _pct(ev["top5"])],
+         ["cost (pp)", f"{data['cost_pp']['top1']:.2f}", f"{data['cost_pp']['top5']:.2f}"]])
+    rows = [[r["class"], names[r["class"]] if r["class"] < len(names) else "",
+             _pct(r["binary_accuracy"]), _pct(r["nodes_fraction"]),
+             _pct(r["weights_fraction"]), f"{r['jaccard_values']:.3f}",
+             f"{r['jaccard_set']:.3f}"] for r in ev["modules"]]
+    table = markdown_table(["class", "name", "module accuracy", "nodes kept", "weights kept",
+                            "Jaccard (values)", "Jaccard (set)"], rows)
+    timing = "".join(f"- {k.replace('_', ' ')}: {v:.2f} s\n" for k, v in data.items()
+                     if k.endswith("_seconds"))
+    md = (f"# Decomposition of {data.get('model_file', 'the model')}\n\n"
+          f"Data: {data['data']}. Options: `{ms.options}`.\n\n{head}\n{table}\n"
+          f"Mean Jaccard index: {ev['mean_jaccard_values']:.3f} (values, prior work's formula), "
+          f"{ev['mean_jaccard_set']:.3f} (exact set of kept weights).\n\n{timing}")
+    if out_dir is not None:
+        out = Path(out_dir)
+        plot = bar_plots(out / "modules.png", f"Modules of {data.get('model_file', 'model')}",
+                         [f"{r['class']} {names[r['class']] if r['class'] < len(names) else ''}"
+                          for r in ev["modules"]],
+                         {"module accuracy": [r["binary_accuracy"] for r in ev["modules"]],
+                          "weights kept": [r["weights_fraction"] for r in ev["modules"]],
+                          "Jaccard (values)": [r["jaccard_values"] for r in ev["modules"]]},
+                         command=command_line())
+        if plot is not None:
+            md += f"\n![per-module accuracy, size and Jaccard]({plot.name})\n"
+            data["plot"] = str(plot)
+        data["reports"] = {k: str(v) for k, v in write_report(out, "report", data, md).items()}
+    return {"data": data, "markdown": md}
+
+
+def run_decomposition_experiment(model_path: str, data: str, *, data_dir: str | None = None,
+                                 limit: int | None = None, backtrack: str = "last_conv",
+                                 delta: float = 0.5, seed: int = 0, out_dir: str = "out/demo",
+                                 batch_size: int = 256, progress: bool = True) -> dict[str, Any]:
+    """Load, decompose on the training split, save the modules, evaluate on the test split."""
+    from . import decompose, load_model
+    from .datasets import load_dataset
+
+    t0 = time.perf_counter()
+    model = load_model(model_path)
+    ds = limit_dataset(load_dataset(data, data_dir=data_dir), limit)
+    load_seconds = time.perf_counter() - t0
+    x_test, y_test = ds.split("test")
+    model_figures = model_accuracy(model, x_test, y_test, batch_size, progress)
+    t0 = time.perf_counter()
+    ms = decompose(model, as_input(ds.x_train), ds.y_train, backtrack=backtrack, delta=delta,
+                   seed=seed, batch_size=batch_size, progress=progress,
+                   class_names=list(ds.class_names), data=describe(ds, "train"))
+    decompose_seconds = time.perf_counter() - t0
+    out = Path(out_dir)
+    modules_path = ms.save(out / "modules.h5")
+    return evaluation_report(
+        ms, ds, batch_size=batch_size, progress=progress, out_dir=out, model_figures=model_figures,
+        extra={"model_file": str(model_path), "modules_file": str(modules_path),
+               "load_seconds": load_seconds, "model_predict_seconds": model_figures["seconds"],
+               "decompose_seconds": decompose_seconds})
+
+
+def _pct(v: float) -> str:
+    return "n/a" if v != v else f"{100 * v:.2f}%"

@@ -1,0 +1,165 @@
+"""Command-line glue for the reuse, replace and update scenarios (see `reuse.py`)."""
+from __future__ import annotations
+
+import argparse
+import re
+from functools import lru_cache
+from typing import Any, Callable
+
+from ..errors import RefdecompError
+from ..report import markdown_table, write_report
+
+PICK = re.compile(r"^(?P<file>.+):(?P<cls>\d+)@(?P<data>[^@]+)$")
+
+
+def parse_pick(text: str) -> tuple[str, int, str]:
+    """`MODULES_FILE:CLASS@DATASET` -> (file, class, dataset)."""
+    m = PICK.match(text)
+    if not m:
+        raise RefdecompError(f"argument --pick {text!r}: expected MODULES_FILE:CLASS@DATASET, "
+                             "e.g. out/cifar10.h5:3@cifar10")
+    return m["file"], int(m["cls"]), m["data"]
+
+
+@lru_cache(maxsize=None)
+def _modules(path: str):
+    from ..modules import load_modules
+
+    return load_modules(path)
+
+
+@lru_cache(maxsize=None)
+def _dataset(name: str, data_dir: str | None):
+    from ..datasets import load_dataset
+
+    return load_dataset(name, data_dir=data_dir)
+
+
+def _picks(args: argparse.Namespace):
+    from .reuse import Pick
+
+    picks = []
+    for text in args.pick:
+        file, cls, data = parse_pick(text)
+        ds = _dataset(data, args.data_dir)
+        name = ds.class_names[cls] if cls < len(ds.class_names) else str(cls)
+        picks.append(Pick(_modules(file)[cls], ds, f"{ds.name}:{name}"))
+    if len(picks) < 2:
+        raise RefdecompError("argument --pick: give at least two modules to compose")
+    return picks
+
+
+def run_reuse(args: argparse.Namespace) -> dict[str, Any]:
+    from .reuse import evaluate_reuse
+
+    res = evaluate_reuse(_picks(args), update=args.update, update_limit=args.update_limit,
+                         batch_size=args.batch_size, progress=not args.no_progress)
+    rows = [[" + ".join(res["picks"]), res["n_images"], f"{100 * res['MA']:.2f}%",
+             f"{100 * res['MMA']:.2f}%" if "MMA" in res else "-"]]
+    md = "# Reuse\n\n" + markdown_table(["modules", "test images", "MA (composed)",
+                                         "MMA (updated)"], rows)
+    return _finish(args, "reuse", res, md)
+
+
+def run_replace(args: argparse.Namespace) -> dict[str, Any]:
+    from .reuse import evaluate_replace
+
+    target, donor = _modules(args.target), _modules(args.donor)
+    ds = _dataset(args.data, args.data_dir)
+    x, y = ds.split("test")
+    if args.limit:
+        x, y = x[: args.limit], y[: args.limit]
+    classes = ([int(c) for c in args.classes.split(",")] if args.classes
+               else [int(c) for c in target.classes])
+    res = evaluate_replace(target, donor, classes, x, y, batch_size=args.batch_size,
+                           progress=not args.no_progress)
+    base = res["composed"]
+    rows = [[r["class"], f"{100 * r['top1']:.2f}%", f"{100 * r['top5']:.2f}%",
+             f"{100 * (r['top1'] - base['top1']):+.2f}", f"{100 * (r['top5'] - base['top5']):+.2f}"]
+            for r in res["replaced"]]
+    md = (f"# Replace modules of {args.target} with those of {args.donor}\n\n"
+          f"Composed without replacement: top-1 {100 * base['top1']:.2f}%, top-5 "
+          f"{100 * base['top5']:.2f}% on {res['n_images']} test images.\n\n"
+          + markdown_table(["class replaced", "top-1", "top-5", "delta top-1 (pp)",
+                            "delta top-5 (pp)"], rows))
+    return _finish(args, "replace", res, md)
+
+
+def run_update(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from ..decompose.update import update_module
+    from ..modules import ModuleSet
+    from .reuse import class_images
+
+    ms = _modules(args.modules)
+    module = ms[args.cls]
+    images = []
+    for text in args.unconcerned:
+        cls, _, data = text.partition("@")
+        if not cls.isdigit() or not data:
+            raise RefdecompError(f"argument --unconcerned {text!r}: expected CLASS@DATASET")
+        images.append(class_images(_dataset(data, args.data_dir), int(cls), "train",
+                                   args.update_limit))
+    updated = update_module(module, np.concatenate(images).astype(np.float32),
+                            batch_size=args.batch_size, progress=not args.no_progress)
+    ModuleSet([updated], ms.model, options=ms.options, data=ms.data,
+              class_names=ms.class_names).save(args.out)
+    before, after = module.size(), updated.size()
+    res = {"module": args.cls, "out": args.out, "unconcerned_images": int(sum(map(len, images))),
+           "size_before": before, "size_after": after}
+    md = markdown_table(["", "nodes kept", "weights kept"],
+                        [["before update", before["nodes_fraction"], before["weights_fraction"]],
+                         ["after update", after["nodes_fraction"], after["weights_fraction"]]])
+    return _finish(args, "update", res, f"# Update of module {args.cls}\n\n{md}")
+
+
+def _finish(args: argparse.Namespace, name: str, data: dict, md: str) -> dict[str, Any]:
+    if getattr(args, "report_dir", None):
+        data["reports"] = {k: str(v) for k, v in write_report(args.report_dir, name, data, md).items()}
+    return {"data": data, "markdown": md}
+
+
+RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "reuse": run_reuse, "replace": run_replace, "update": run_update}
+
+
+def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
+    return RUNNERS[args.command](args)
+
+
+def add_scenario_parsers(sub, handler, add_common) -> None:
+    """Add `reuse`, `replace` and `update` to the `refdecomp` subcommand parser."""
+    p = sub.add_parser("reuse", help="compose modules of chosen classes (same or different "
+                                     "datasets) into a new classifier",
+                       description="Compose modules of chosen classes into a new classifier and "
+                                   "report its accuracy (MA) and, with --update, the accuracy "
+                                   "of the updated modules (MMA).")
+    p.add_argument("--pick", action="append", required=True, metavar="FILE:CLASS@DATASET",
+                   help="a module: module set file, class index, and the dataset it belongs to")
+    p.add_argument("--update", action="store_true", help="also update the modules (Section 3.5)")
+    p.add_argument("--update-limit", type=int, help="unconcerned images per class for updating")
+    p.add_argument("--data-dir"); p.add_argument("--report-dir")
+    add_common(p)
+    p.set_defaults(func=handler)
+
+    p = sub.add_parser("replace", help="replace modules with the same class's modules from "
+                                       "another model, and evaluate")
+    p.add_argument("--target", required=True, help="module set file whose modules are replaced")
+    p.add_argument("--donor", required=True, help="module set file providing the replacements")
+    p.add_argument("--data", required=True, help="dataset of both module sets")
+    p.add_argument("--classes", help="comma-separated classes to replace (default: each in turn)")
+    p.add_argument("--data-dir"); p.add_argument("--limit", type=int); p.add_argument("--report-dir")
+    add_common(p)
+    p.set_defaults(func=handler)
+
+    p = sub.add_parser("update", help="update one module with another dataset's classes as "
+                                      "unconcerned inputs (Section 3.5)")
+    p.add_argument("modules", help="module set file")
+    p.add_argument("--class", dest="cls", type=int, required=True)
+    p.add_argument("--unconcerned", action="append", required=True, metavar="CLASS@DATASET")
+    p.add_argument("--update-limit", type=int)
+    p.add_argument("--out", required=True, help="module file to write")
+    p.add_argument("--data-dir"); p.add_argument("--report-dir")
+    add_common(p)
+    p.set_defaults(func=handler)

@@ -1,0 +1,125 @@
+"""Reuse, replace and update modules (paper Sections 3.5, 4.2.2).
+
+- *Reuse*: compose the modules of chosen classes (from one module set, or from several module
+  sets of different datasets with the same input shape) into a new classifier over just those
+  classes. Each chosen class is evaluated on its own test images; the label of an image is the
+  position of its class among the picks.
+- *Replace*: in a module set, swap the module of a class for the same class's module decomposed
+  from another model (e.g. ResNet-20 vs ResNet-32 on CIFAR-10), and evaluate the composition on
+  the full test set.
+- *Update* (Section 3.5): re-apply tangling identification to a reused module with the other
+  picks' classes as unconcerned inputs: the nodes those inputs activate are added to the
+  module's observed activity, and masks and backtracking are recomputed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import metrics
+from ..errors import DataError
+
+
+@dataclass
+class Pick:
+    """One class chosen for a reuse scenario: its module and where its images come from."""
+
+    module: Any                # refdecomp.modules.Module
+    dataset: Any               # refdecomp.datasets.Dataset the module's class belongs to
+    label: str = ""            # display name, e.g. "cifar10:cat"
+
+    @property
+    def class_index(self) -> int:
+        return self.module.class_index
+
+
+def _as_input(images: np.ndarray) -> np.ndarray:
+    return np.asarray(images, dtype=np.float32)
+
+
+def class_images(dataset, class_index: int, split: str, limit: int | None = None) -> np.ndarray:
+    """The images of one class from a split (first `limit` of them, in dataset order)."""
+    x, y = dataset.split(split)
+    sel = np.flatnonzero(y == class_index)
+    if limit is not None:
+        sel = sel[:limit]
+    if sel.size == 0:
+        raise DataError(f"dataset {dataset.name!r} has no {split} images of class {class_index}")
+    return x[sel]
+
+
+def scenario_data(picks: Sequence[Pick], split: str = "test",
+                  limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images of every pick's class, labelled by the pick's position."""
+    shapes = {tuple(p.dataset.image_shape) for p in picks}
+    if len(shapes) != 1:
+        raise DataError(f"reuse: the picked modules take different input shapes {sorted(shapes)}; "
+                        "modules can only be composed over inputs of one shape")
+    xs, ys = [], []
+    for j, p in enumerate(picks):
+        xi = class_images(p.dataset, p.class_index, split, limit)
+        xs.append(xi)
+        ys.append(np.full(len(xi), j, dtype=np.int64))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def compose_scores(modules: Sequence[Any], x: np.ndarray, batch_size: int = 256,
+                   progress: bool = False) -> np.ndarray:
+    """(n, len(modules)) concerned probabilities: the voting composition of any modules."""
+    return np.stack([m.predict(_as_input(x), batch_size, progress)[:, 0] for m in modules], axis=1)
+
+
+def evaluate_reuse(picks: Sequence[Pick], *, update: bool = False, update_limit: int | None = None,
+                   batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
+    """Composed accuracy of the picked modules on their classes' test images (MA) and, with
+    `update`, of the updated modules (MMA)."""
+    x, y = scenario_data(picks, "test")
+    scores = compose_scores([p.module for p in picks], x, batch_size, progress)
+    result: dict[str, Any] = {
+        "picks": [p.label for p in picks], "n_images": int(len(y)),
+        "MA": metrics.top_k_accuracy(scores, y, 1)}
+    if update:
+        updated = update_modules(picks, limit=update_limit, batch_size=batch_size,
+                                 progress=progress)
+        scores_u = compose_scores(updated, x, batch_size, progress)
+        result["MMA"] = metrics.top_k_accuracy(scores_u, y, 1)
+        result["updated_weight_fraction"] = [m.size().get("weights_fraction") for m in updated]
+    return result
+
+
+def update_modules(picks: Sequence[Pick], *, limit: int | None = None, batch_size: int = 256,
+                   progress: bool = False) -> list[Any]:
+    """Section 3.5: each pick's module observes the *training* images of the other picks'
+    classes as unconcerned inputs (up to `limit` per class) and is re-modularized."""
+    from ..decompose.update import update_module
+
+    updated = []
+    for j, p in enumerate(picks):
+        others = [class_images(q.dataset, q.class_index, "train", limit)
+                  for k, q in enumerate(picks) if k != j]
+        updated.append(update_module(p.module, _as_input(np.concatenate(others)),
+                                     batch_size=batch_size, progress=progress))
+    return updated
+
+
+def evaluate_replace(target, donor, classes: Sequence[int], x: np.ndarray, y: np.ndarray, *,
+                     batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
+    """For each class c: composed top-1 / top-5 of `target` with module c replaced by `donor`'s
+    module c, against the unchanged composition. Scores of every module are computed once."""
+    if len(target) != len(donor):
+        raise DataError(f"replace: the module sets have {len(target)} and {len(donor)} classes")
+    x = _as_input(x)
+    base = compose_scores(list(target), x, batch_size, progress)
+    donor_scores = {c: donor[c].predict(x, batch_size, progress)[:, 0] for c in classes}
+    cls = target.classes
+    rows = []
+    for c in classes:
+        s = base.copy()
+        s[:, int(np.flatnonzero(cls == c)[0])] = donor_scores[c]
+        rows.append({"class": int(c), "top1": metrics.top_k_accuracy(s, y, 1, cls),
+                     "top5": metrics.top_k_accuracy(s, y, 5, cls)})
+    return {"composed": {"top1": metrics.top_k_accuracy(base, y, 1, cls),
+                         "top5": metrics.top_k_accuracy(base, y, 5, cls)},
+            "replaced": rows, "n_images": int(len(y))}
