@@ -27,10 +27,13 @@ __all__ = [
     "load_model",
     "decompose",
     "load_modules",
+    "keras_objects",
 ]
 
 from .decompose import decompose  # noqa: E402
 from .modules import load_modules  # noqa: E402
+# The function (which imports Keras only when called) shadows its module's name on purpose.
+from .keras_objects import keras_objects  # noqa: E402
 
 
 def load_model(path, architecture=None, *, fold: bool = True):
