@@ -37,8 +37,11 @@ def random_inputs(graph, n: int, seed: int) -> list[np.ndarray]:
 
 def _keras_layer_outputs(path: str, xs: list[np.ndarray], names: list[str],
                          architecture: str | None) -> dict[str, np.ndarray]:
+    import os
+
     from .reader import read_graph
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
     dialect = read_graph(path, architecture=architecture).meta.get("keras_major", 3)
     if dialect == 2 and importlib.util.find_spec("tf_keras"):
         import tf_keras as keras  # noqa: F401  (Keras 2 dialect oracle)

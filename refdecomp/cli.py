@@ -253,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .report import set_command
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    set_command(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -35,7 +35,8 @@ class Module:
 
     def __init__(self, model, class_index: int, head_kernel: np.ndarray, head_bias: np.ndarray,
                  masks: Mapping[str, np.ndarray], *, class_name: str | None = None,
-                 info: dict[str, Any] | None = None):
+                 info: dict[str, Any] | None = None,
+                 active: Mapping[str, np.ndarray] | None = None):
         from .decompose.channeling import find_head
 
         self.source_model = model
@@ -44,6 +45,10 @@ class Module:
         self.head_kernel = np.asarray(head_kernel, dtype=np.float32)
         self.head_bias = np.asarray(head_bias, dtype=np.float32)
         self.masks = {k: np.asarray(v, dtype=np.uint8) for k, v in masks.items()}
+        # Observed activity (concern + tangling identification, before backtracking): what an
+        # update (Section 3.5) adds to before re-deriving the masks. Defaults to the masks.
+        self.active = ({k: np.asarray(v, dtype=np.uint8) for k, v in active.items()}
+                       if active is not None else dict(self.masks))
         self.info = dict(info or {})
         self._head, self._tail = find_head(model.graph)
         self._graph: Graph | None = None
@@ -195,11 +200,12 @@ class ModuleSet:
                     grp.attrs["info"] = json.dumps(m.info, default=str)
                     grp.create_dataset("head_kernel", data=m.head_kernel)
                     grp.create_dataset("head_bias", data=m.head_bias)
-                    for j, (node, mask) in enumerate(m.masks.items()):
-                        d = grp.create_dataset(f"masks/{j}", data=np.packbits(mask != 0),
-                                               compression="gzip")
-                        d.attrs["node"] = node
-                        d.attrs["shape"] = np.asarray(mask.shape, dtype=np.int64)
+                    for kind, maps in (("masks", m.masks), ("active", m.active)):
+                        for j, (node, mask) in enumerate(maps.items()):
+                            d = grp.create_dataset(f"{kind}/{j}", data=np.packbits(mask != 0),
+                                                   compression="gzip")
+                            d.attrs["node"] = node
+                            d.attrs["shape"] = np.asarray(mask.shape, dtype=np.int64)
         return Path(path)
 
 
@@ -246,17 +252,25 @@ def load_modules(path, model=None) -> ModuleSet:
         modules = []
         for key in sorted(f["modules"], key=int):
             grp = f["modules"][key]
-            masks = {}
-            for d in grp["masks"].values() if "masks" in grp else []:
-                shape = tuple(int(s) for s in d.attrs["shape"])
-                bits = np.unpackbits(d[()], count=int(np.prod(shape)))
-                masks[str(d.attrs["node"])] = bits.reshape(shape).astype(np.uint8)
+            maps = {kind: _read_bitmaps(grp[kind]) if kind in grp else {}
+                    for kind in ("masks", "active")}
             modules.append(Module(model, int(grp.attrs["class_index"]), grp["head_kernel"][()],
-                                  grp["head_bias"][()], masks,
+                                  grp["head_bias"][()], maps["masks"],
                                   class_name=json.loads(grp.attrs["class_name"]),
-                                  info=json.loads(grp.attrs["info"])))
+                                  info=json.loads(grp.attrs["info"]),
+                                  active=maps["active"] or None))
         return ModuleSet(modules, model, options=json.loads(a["options"]),
                          data=json.loads(a["data"]), class_names=json.loads(a["class_names"]))
+
+
+def _read_bitmaps(group) -> dict[str, np.ndarray]:
+    """{node: uint8 0/1 map} from datasets written with np.packbits and a `shape` attribute."""
+    out = {}
+    for d in group.values():
+        shape = tuple(int(s) for s in d.attrs["shape"])
+        bits = np.unpackbits(d[()], count=int(np.prod(shape)))
+        out[str(d.attrs["node"])] = bits.reshape(shape).astype(np.uint8)
+    return out
 
 
 def graph_fingerprint(graph: Graph) -> str:

@@ -28,8 +28,19 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits
     return "\n".join([line(list(headers)), sep, *(line(r) for r in cells)]) + "\n"
 
 
+_command: str | None = None
+
+
+def set_command(argv: Sequence[str], prog: str = "refdecomp") -> None:
+    """Record the command being run (the command line calls this with its arguments)."""
+    global _command
+    _command = " ".join(shlex.quote(a) for a in [prog, *argv])
+
+
 def command_line() -> str:
     """The command that is running, quoted so it can be pasted back into a shell."""
+    if _command is not None:
+        return _command
     argv = list(sys.argv)
     if argv and argv[0].endswith(("__main__.py", "cli.py")):
         argv[0] = "refdecomp"

@@ -71,7 +71,7 @@ def decompose(model, x, y, *, backtrack: str = "last_conv", delta: float = 0.5,
     modules = []
     for c in range(n_classes):
         k2, b2 = channel_weights(kernel, bias, c)
-        masks = keep_masks(seen, plan.module_groups[c], hidden)
+        masks = active = keep_masks(seen, plan.module_groups[c], hidden)
         removed = np.zeros(k2.shape[0], dtype=bool)
         if backtrack != "none":
             removed = delta_removals(k2, delta, delta_rule)
@@ -83,7 +83,7 @@ def decompose(model, x, y, *, backtrack: str = "last_conv", delta: float = 0.5,
                 "head_inputs_removed": int(removed.sum())}
         modules.append(Module(model, c, k2, b2, masks,
                               class_name=None if class_names is None else str(class_names[c]),
-                              info=info))
+                              info={**info, "backtrack": backtrack}, active=active))
     data_info = {"description": data, "n_images": n,
                  "class_counts": plan.class_counts.tolist(),
                  "tangling_counts": plan.tangling.tolist()}
