@@ -48,9 +48,6 @@ _STRING_ACTIVATIONS = {
     "softsign": "softsign", "exponential": "exponential", "selu": "selu",
     "swish": "swish", "silu": "swish",
 }
-# Activations f with f(0) == 0 for every parameter value: zero channels stay zero through them.
-_ZERO_PRESERVING = {"linear", "relu", "leaky_relu", "relu6", "elu", "selu", "tanh", "softsign",
-                    "swish", "silu", "gelu"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,6 +194,18 @@ def _channel_axis(node: Node) -> int:
     return 0 if node.attrs.get("data_format") == "channels_first" else rank - 1
 
 
+def _maps_zero_to_zero(act: Mapping[str, Any]) -> bool:
+    """Whether an element-wise activation keeps zero channels zero (by the reference ops)."""
+    from .ops.reference import activate
+
+    if act.get("name") in ("softmax", "log_softmax"):  # not element-wise
+        return False
+    try:
+        return float(activate(np.zeros(1, np.float32), dict(act))[0]) == 0.0
+    except RefdecompError:
+        return False
+
+
 def _flatten_channels(in_shape: tuple[int, ...], axis: int, data_format: str) -> np.ndarray:
     """For each element of a Flatten output, the input channel it comes from (Keras order)."""
     ch = np.arange(in_shape[axis]).reshape([-1 if a == axis else 1 for a in range(len(in_shape))])
@@ -224,7 +233,7 @@ def _removable_channels(graph: Graph, masks: Mapping[str, np.ndarray]) -> dict:
                        "global_avg_pool2d", "global_max_pool2d", "prelu", "flatten", "add"):
             return True
         if node.op == "activation":
-            return node.activation["name"] in _ZERO_PRESERVING
+            return _maps_zero_to_zero(node.activation)
         return False
 
     # Initial (largest) sets, forward.
@@ -396,8 +405,6 @@ def _keras_layers(graph: Graph, masks: Mapping[str, np.ndarray]):
         try:
             last = _node_layers(node, own_name[node.name], [tensor[i] for i in node.inputs],
                                 graph, namer, layers)
-        except UnsupportedLayerError:
-            raise
         except (KeyError, TypeError, ValueError) as exc:
             raise UnsupportedLayerError(
                 f"{describe_layer(node.name, node.keras_class)}: cannot export op {node.op!r} "
@@ -421,10 +428,8 @@ def _node_layers(node: Node, own_name: str, inbound: list[str], graph: Graph, na
     a, w = node.attrs, node.weights
     op = node.op
 
-    def add(class_name: str, config: dict, weights=(), name: str | None = None,
-            src: list[str] | None = None) -> str:
-        lay = _Layer(namer(name) if name else own_name, class_name, config,
-                     inbound if src is None else src, list(weights))
+    def add(class_name: str, config: dict, weights=()) -> str:
+        lay = _Layer(own_name, class_name, config, inbound, list(weights))
         layers.append(lay)
         return lay.name
 

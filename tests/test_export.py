@@ -449,3 +449,81 @@ def test_keras_objects_give_a_serialisable_layer_in_keras3(tmp_path):
     np.testing.assert_array_equal(np.asarray(again(np.ones((1, 3), np.float32))), [[1, 0, 1]])
     with pytest.raises(Exception, match="choose one of"):
         keras_objects(backend="theano")
+
+
+# --------------------------------------------------------------------------------------------
+# End to end: a Keras file -> refdecomp modules -> Keras files again
+# --------------------------------------------------------------------------------------------
+def _keras_cnn(path, seed=0):
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    inp = keras.Input((12, 12, 1))
+    x = L.Conv2D(8, 3, padding="same")(inp)
+    x = L.BatchNormalization()(x)
+    x = L.Activation("relu")(x)
+    y = L.Conv2D(8, 3, padding="same", activation="relu")(x)
+    x = L.Add()([x, y])
+    x = L.MaxPooling2D()(x)
+    x = L.Conv2D(6, 3, activation="relu")(x)
+    x = L.Flatten()(x)
+    x = L.Dense(16, activation="relu")(x)
+    out = L.Dense(3, activation="softmax")(x)
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(seed)  # make the batch norm non-trivial
+    bn = next(lay for lay in model.layers if isinstance(lay, L.BatchNormalization))
+    bn.set_weights([rng.uniform(0.5, 1.5, 8), rng.normal(0, 0.1, 8), rng.normal(0, 0.1, 8),
+                    rng.uniform(0.5, 1.5, 8)])
+    model.save(path)
+    return model
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_decomposed_module_exports_and_matches(tmp_path, backend):
+    from refdecomp import decompose
+    from refdecomp.reader import read_graph
+
+    source = tmp_path / "cnn.h5"
+    _keras_cnn(source)
+    model = Model(read_graph(source))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 12, 12, 1)).astype(np.float32)
+    y = np.argmax(model.predict(x), axis=1)
+    ms = decompose(model, x, y)
+    module = ms[int(y[0])]
+    assert module.masks and any((m == 0).any() for m in module.masks.values())
+    want = module.predict(x[:20])
+    for compact in (False, True):
+        path = module.export_keras(tmp_path / f"module_{compact}.h5", compact=compact)
+        got = keras_predict(load(backend, path), x[:20])
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.keras
+def test_exported_unmasked_graph_reads_back_to_the_same_function(tmp_path):
+    from refdecomp.reader import read_graph
+
+    g = small_net(3)
+    path = export_keras(g, tmp_path / "plain.h5")
+    again = read_graph(path)
+    x = np.random.default_rng(2).normal(size=(7, 10, 10, 3)).astype(np.float32)
+    np.testing.assert_allclose(Model(again).predict(x), Model(g).predict(x),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_relu_with_slope_and_threshold_does_not_count_as_zero_preserving():
+    b = Builder(5)
+    x = b.input("x", (4, 4, 2))
+    c = b.conv("c", x, 3, act="linear")
+    a = b.op("a", "activation", [c], {"activation": {"name": "relu", "negative_slope": 0.1,
+                                                     "threshold": 0.5}})
+    d = b.dense("d", b.flatten("f", a), 2, act="linear")
+    g = b.graph([x], [d])
+    m = np.ones((4, 4, 3), np.uint8)
+    m[..., 2] = 0
+    small, small_masks = compact_graph(g, {"c": m})
+    assert small["c"].shape == (4, 4, 3)  # f(0) = -0.05: the channel still matters
+    xs = np.random.default_rng(0).normal(size=(2, 4, 4, 2)).astype(np.float32)
+    np.testing.assert_allclose(Model(small, fold=False).run(xs, masks=small_masks)[0],
+                               Model(g, fold=False).run(xs, masks={"c": m})[0], rtol=1e-6)
