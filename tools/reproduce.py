@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Reproduce the paper's tables with one command each (Pan & Rajan, ICSE'22, Section 4.2).
+
+  table1   decomposition cost: model vs composed top-1/top-5 and mean Jaccard index for the
+           three backtracking settings (none = CI+TI+MC, last_conv = MC-BLN, input = MC-BI)
+  table2   intra-dataset reuse: every pair of the chosen classes, composed accuracy (MA) and,
+           with --tma-epochs, a model of the same architecture trained on that pair (TMA)
+  table3   inter-dataset reuse: class a of dataset 1 with class b of dataset 2: MA, updated
+           modules (MMA, Section 3.5) and TMA
+  table4   intra-dataset replace: in the target module set, the module of each chosen class is
+           replaced by the donor's module of that class (e.g. ResNet-32 <- ResNet-20)
+  table5   inter-dataset replace: in dataset 1's composition, class c's module is replaced by
+           class d's module of dataset 2; the new 10-class problem is evaluated (MA, TMA)
+
+Every run writes reports/<name>.json and .md (with the command that produced them) and, where
+training from scratch is compared (TMA), the time, energy and CO2e of reuse versus training,
+by the paper's formula (and codecarbon where installed). Keras is needed only for TMA.
+
+Examples (digits/MNIST run in minutes on a CPU; CIFAR needs the trained weights/):
+  python tools/reproduce.py table1 --model weights/digits_cnn.h5 --data digits
+  python tools/reproduce.py table2 --modules out/mnist.h5 --data mnist --classes 0,1,2,3 \
+      --tma-arch small_cnn --tma-epochs 3
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from refdecomp import load_model, load_modules, metrics  # noqa: E402
+from refdecomp.datasets import load_dataset  # noqa: E402
+from refdecomp.experiments import run_decomposition_experiment  # noqa: E402
+from refdecomp.report import markdown_table, set_command, write_report  # noqa: E402
+from refdecomp.scenarios.co2 import Measurement  # noqa: E402
+from refdecomp.scenarios.reuse import (Pick, compose_scores, evaluate_replace,  # noqa: E402
+                                       scenario_data, update_modules)
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+# -- training from scratch (TMA) -------------------------------------------------------------
+def train_from_scratch(picks, args, tag: str) -> dict:
+    """Train the same architecture on the scenario's classes with tools/train.py (Keras) and
+    evaluate it with refdecomp on the scenario's test images; measured for CO2e."""
+    from refdecomp.datasets import Dataset, save_npz
+
+    x_tr, y_tr = scenario_data(picks, "train")
+    x_te, y_te = scenario_data(picks, "test")
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = Dataset(f"scenario-{tag}", x_tr, y_tr, x_te, y_te,
+                     tuple(p.label for p in picks))
+        npz = save_npz(ds, Path(tmp) / "scenario.npz")
+        out = Path(tmp) / "tma.h5"
+        cmd = [sys.executable, str(ROOT / "tools" / "train.py"), "--dataset", str(npz),
+               "--arch", args.tma_arch, "--epochs", str(args.tma_epochs), "--out", str(out),
+               "--checkpoint-dir", str(Path(tmp) / "ckpt"), "--seed", str(args.seed),
+               "--no-manifest", *args.tma_extra]
+        with Measurement(f"train-{tag}") as m:
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            probs = load_model(out).predict(x_te.astype(np.float32))
+        return {"TMA": metrics.top_k_accuracy(probs, y_te, 1), "train_cost": m.report}
+
+
+def reuse_row(picks, args, tag: str, update: bool = False) -> dict:
+    x, y = scenario_data(picks, "test")
+    with Measurement(f"reuse-{tag}") as m:
+        scores = compose_scores([p.module for p in picks], x)
+    row = {"picks": [p.label for p in picks], "n_test": int(len(y)),
+           "MA": metrics.top_k_accuracy(scores, y, 1),
+           "MA_top5": metrics.top_k_accuracy(scores, y, min(5, len(picks))),
+           "reuse_cost": m.report}
+    if update:
+        with Measurement(f"update-{tag}") as mu:
+            updated = update_modules(picks, limit=args.update_limit)
+            scores_u = compose_scores(updated, x)
+        row["MMA"] = metrics.top_k_accuracy(scores_u, y, 1)
+        row["update_cost"] = mu.report
+    if args.tma_epochs:
+        row.update(train_from_scratch(picks, args, tag))
+    return row
+
+
+def cost_summary(rows: list[dict]) -> str:
+    """Mean time and CO2e of building by reuse vs training from scratch (formula figures)."""
+    lines = ["| work | mean time (s) | mean CO2e (lbs, formula) |", "|---|---|---|"]
+    for key, label in (("reuse_cost", "compose + predict (reuse)"),
+                       ("update_cost", "update + compose + predict"),
+                       ("train_cost", "train from scratch + predict")):
+        reports = [r[key] for r in rows if r.get(key)]
+        if reports:
+            lines.append(f"| {label} | {np.mean([m['time_s'] for m in reports]):.2f} | "
+                         f"{np.mean([m['formula']['co2e_lbs'] for m in reports]):.3g} |")
+    src = next((r[k]["formula"]["source"] for r in rows for k in ("train_cost", "reuse_cost")
+                if r.get(k)), "")
+    return "\n".join(lines) + f"\n\nPower figures: {src}.\n"
+
+
+# -- tables ----------------------------------------------------------------------------------
+def table1(args) -> tuple[dict, str]:
+    rows, data = [], {"model": args.model, "data": args.data, "settings": {}}
+    for setting in ("none", "last_conv", "input"):
+        res = run_decomposition_experiment(
+            args.model, args.data, data_dir=args.data_dir, limit=args.limit, backtrack=setting,
+            delta=args.delta, seed=args.seed, out_dir=str(Path(args.out) / f"table1-{setting}"),
+            progress=not args.no_progress)["data"]
+        data["settings"][setting] = {k: res[k] for k in ("model", "composed", "cost_pp",
+                                                         "mean_jaccard_values", "mean_jaccard_set",
+                                                         "decompose_seconds")}
+        rows.append([setting, pct(res["composed"]["top1"]), pct(res["composed"]["top5"]),
+                     f"{res['cost_pp']['top1']:.2f}", f"{res['cost_pp']['top5']:.2f}",
+                     f"{res['mean_jaccard_values']:.2f}", f"{res['mean_jaccard_set']:.2f}"])
+    m = data["settings"]["none"]["model"]
+    md = (f"# Table 1: decomposition of {args.model} on {args.data}\n\n"
+          f"Model: top-1 {pct(m['top1'])}, top-5 {pct(m['top5'])}.\n\n"
+          + markdown_table(["backtrack", "composed top-1", "composed top-5", "cost top-1 (pp)",
+                            "cost top-5 (pp)", "mean JI (values)", "mean JI (set)"], rows))
+    return data, md
+
+
+def _picks_from(modules_path: str, data: str, classes, data_dir):
+    ms = load_modules(modules_path)
+    ds = load_dataset(data, data_dir=data_dir)
+    return {c: Pick(ms[c], ds, f"{ds.name}:{ds.class_names[c]}") for c in classes}
+
+
+def table2(args) -> tuple[dict, str]:
+    classes = [int(c) for c in args.classes.split(",")]
+    picks = _picks_from(args.modules, args.data, classes, args.data_dir)
+    rows = [reuse_row([picks[a], picks[b]], args, f"{a}-{b}")
+            for a, b in itertools.combinations(classes, 2)]
+    table = markdown_table(["classes", "TMA", "MA"],
+                           [[" + ".join(r["picks"]), pct(r.get("TMA")), pct(r["MA"])] for r in rows])
+    md = f"# Table 2: intra-dataset reuse ({args.modules})\n\n{table}\n{cost_summary(rows)}"
+    return {"rows": rows}, md
+
+
+def table3(args) -> tuple[dict, str]:
+    a_cls = [int(c) for c in args.classes.split(",")]
+    b_cls = [int(c) for c in args.classes2.split(",")]
+    pa = _picks_from(args.modules, args.data, a_cls, args.data_dir)
+    pb = _picks_from(args.modules2, args.data2, b_cls, args.data_dir)
+    rows = [reuse_row([pa[a], pb[b]], args, f"{a}x{b}", update=True) for a in a_cls for b in b_cls]
+    table = markdown_table(["classes", "TMA", "MA", "MMA"],
+                           [[" + ".join(r["picks"]), pct(r.get("TMA")), pct(r["MA"]),
+                             pct(r.get("MMA"))] for r in rows])
+    md = f"# Table 3: inter-dataset reuse\n\n{table}\n{cost_summary(rows)}"
+    return {"rows": rows}, md
+
+
+def table4(args) -> tuple[dict, str]:
+    target, donor = load_modules(args.modules), load_modules(args.modules2)
+    ds = load_dataset(args.data, data_dir=args.data_dir)
+    x, y = ds.split("test")
+    classes = [int(c) for c in args.classes.split(",")] if args.classes else list(target.classes)
+    res = evaluate_replace(target, donor, classes, x, y, progress=not args.no_progress)
+    base = res["composed"]
+    rows = [[ds.class_names[r["class"]], pct(r["top1"]), pct(r["top5"]),
+             f"{100 * (r['top1'] - base['top1']):+.2f}"] for r in res["replaced"]]
+    md = (f"# Table 4: intra-dataset replace ({args.modules} <- {args.modules2})\n\n"
+          f"Composed before replacement: top-1 {pct(base['top1'])}, top-5 {pct(base['top5'])}."
+          f"\n\n" + markdown_table(["class replaced", "top-1", "top-5", "delta top-1 (pp)"], rows))
+    return res, md
+
+
+def table5(args) -> tuple[dict, str]:
+    base_ms = load_modules(args.modules)
+    ds1 = load_dataset(args.data, data_dir=args.data_dir)
+    ds2 = load_dataset(args.data2, data_dir=args.data_dir)
+    donor = load_modules(args.modules2)
+    pairs = [tuple(int(v) for v in p.split(":")) for p in args.pairs.split(",")]
+    rows = []
+    for c, d in pairs:
+        picks = [Pick(base_ms[k], ds1, f"{ds1.name}:{ds1.class_names[k]}")
+                 for k in base_ms.classes if k != c]
+        picks.append(Pick(donor[d], ds2, f"{ds2.name}:{ds2.class_names[d]}"))
+        row = reuse_row(picks, args, f"{c}<-{d}")
+        row["replaced"] = [ds1.class_names[c], ds2.class_names[d]]
+        rows.append(row)
+    table = markdown_table(["replaced", "by", "TMA", "MA top-1", "MA top-5"],
+                           [[r["replaced"][0], r["replaced"][1], pct(r.get("TMA")), pct(r["MA"]),
+                             pct(r["MA_top5"])] for r in rows])
+    md = f"# Table 5: inter-dataset replace\n\n{table}\n{cost_summary(rows)}"
+    return {"rows": rows}, md
+
+
+TABLES = {"table1": table1, "table2": table2, "table3": table3, "table4": table4,
+          "table5": table5}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("table", choices=sorted(TABLES))
+    p.add_argument("--model", help="table1: model file")
+    p.add_argument("--modules", help="module set file (dataset 1 / replace target)")
+    p.add_argument("--modules2", help="module set file (dataset 2 / replace donor)")
+    p.add_argument("--data", help="dataset 1"); p.add_argument("--data2", help="dataset 2")
+    p.add_argument("--data-dir")
+    p.add_argument("--classes", help="classes of dataset 1, comma-separated")
+    p.add_argument("--classes2", help="classes of dataset 2, comma-separated")
+    p.add_argument("--pairs", help="table5: C:D,... (replace class C of dataset 1 by D of 2)")
+    p.add_argument("--limit", type=int, help="table1: first N images of each split")
+    p.add_argument("--delta", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--update-limit", type=int, help="unconcerned images per class for updates")
+    p.add_argument("--tma-arch", default="small_cnn", help="architecture trained for TMA")
+    p.add_argument("--tma-epochs", type=int, default=0, help="0: no training from scratch")
+    p.add_argument("--tma-extra", nargs=argparse.REMAINDER, default=[],
+                   help="further tools/train.py options (last)")
+    p.add_argument("--name", help="report name (default: the table)")
+    p.add_argument("--out", default="reports", help="report folder")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    set_command(sys.argv[1:] if argv is None else argv, prog="python tools/reproduce.py")
+    data, md = TABLES[args.table](args)
+    paths = write_report(args.out, args.name or args.table, data, md)
+    print(md)
+    print(f"written: {paths['json']} {paths['markdown']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    raise SystemExit(main())
