@@ -527,3 +527,23 @@ def test_relu_with_slope_and_threshold_does_not_count_as_zero_preserving():
     xs = np.random.default_rng(0).normal(size=(2, 4, 4, 2)).astype(np.float32)
     np.testing.assert_allclose(Model(small, fold=False).run(xs, masks=small_masks)[0],
                                Model(g, fold=False).run(xs, masks={"c": m})[0], rtol=1e-6)
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_inputs_and_nested_names(tmp_path, backend):
+    b = Builder(7)
+    x1 = b.input("a", (6, 6, 2))
+    x2 = b.input("b", (6, 6, 2))
+    c1 = b.conv("inner/conv", x1, 3)
+    c2 = b.conv("inner:conv", x2, 3)       # sanitises to the same name as the first
+    s = b.op("sum", "add", [c1, c2])
+    d = b.dense("head", b.gpool("gap", s), 2, act="linear")
+    g = b.graph([x1, x2], [d])
+    rng = np.random.default_rng(1)
+    masks = random_masks(g, rng)
+    xs = [rng.normal(size=(3, 6, 6, 2)).astype(np.float32) for _ in range(2)]
+    want = Model(g).run(xs, masks=masks)[0]
+    km = load(backend, export_keras(g, tmp_path / "two.h5", masks=masks))
+    assert len({lay.name for lay in km.layers}) == len(km.layers)
+    np.testing.assert_allclose(np.asarray(km(xs, training=False)), want, rtol=1e-4, atol=1e-5)
