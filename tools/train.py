@@ -210,7 +210,7 @@ def train(args) -> None:
     total_steps = steps_per_epoch * args.epochs
     warmup = steps_per_epoch * args.warmup_epochs
 
-    if args.resume and ckpt.is_file():
+    if (args.resume or args.export_checkpoint) and ckpt.is_file():
         state = json.loads(state_file.read_text())
         model = keras.models.load_model(ckpt)
         print(f"resuming {ckpt} after epoch {state['epoch']}")
@@ -227,7 +227,9 @@ def train(args) -> None:
         model.compile(optimizer=opt, loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
         state = {"epoch": 0, "seconds": 0.0, "history": []}
-    model.summary(print_fn=lambda s, **_: None)
+    if not args.export_checkpoint:
+        state.setdefault("commands", []).append(
+            "python tools/train.py " + shlex.join(sys.argv[1:]))
     print(f"{model.name}: {model.count_params()} parameters, {len(x_train)} training images")
 
     class StepLR(keras.callbacks.Callback):
@@ -241,7 +243,7 @@ def train(args) -> None:
             self.step += 1
 
     started = time.time()
-    while state["epoch"] < args.epochs:
+    while state["epoch"] < args.epochs and not args.export_checkpoint:
         epoch = state["epoch"]
         t0 = time.time()
         rng = np.random.default_rng([args.seed, epoch])
@@ -267,19 +269,24 @@ def train(args) -> None:
             print(f"time limit reached after epoch {state['epoch']}: rerun with --resume")
             return
 
+    if args.export_checkpoint and not ckpt.is_file():
+        sys.exit(f"{ckpt}: no checkpoint to export")
     # The shipped file: architecture + weights only (no optimizer), legacy HDF5.
     atomic_save(model, out, include_optimizer=False)
     final = keras.models.load_model(out, compile=False)
     probs = final.predict(ds.x_test.astype(np.float32), batch_size=1000, verbose=0)
-    argv = [a for a in sys.argv[1:] if a != "--resume"]
+    argv = [a for a in sys.argv[1:] if a not in ("--resume", "--export-checkpoint")]
     record(out, ds, {
         "dataset": ds.name,
         "architecture": args.arch + ("_bn" if args.batch_norm else ""),
-        "epochs": args.epochs,
+        "epochs": state["epoch"],
+        "planned_epochs": args.epochs,
         "seed": args.seed,
         "train_seconds": round(state["seconds"], 1),
         "machine": machine(),
         "command": "python tools/train.py " + shlex.join(argv),
+        "commands_run": state.get("commands", []),
+        "train_history": state["history"],
         "input": "float32 raw pixel values 0..255, NHWC " + "x".join(map(str, ds.image_shape)),
         "class_names": list(ds.class_names),
         "parameters": int(final.count_params()),
@@ -315,6 +322,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", help="final .h5 path (weights/<name>.h5)")
     p.add_argument("--checkpoint-dir", help="default runs/<out stem>")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    p.add_argument("--export-checkpoint", action="store_true",
+                   help="write --out from the checkpoint as it stands (a stopped run)")
     p.add_argument("--time-limit", type=float, help="stop after the epoch crossing N minutes")
     p.add_argument("--manifest-only", action="store_true",
                    help="only re-measure manifest entries with refdecomp (all, or --out)")
