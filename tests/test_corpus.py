@@ -219,3 +219,35 @@ def test_weights_only_corpus_file_with_handwritten_architecture(tmp_path):
         ref = np.maximum(ref, 0) if i < 2 else ref
     (ours,) = _predict(graph, [x])
     assert _rel_err(ours, ref) <= RTOL
+
+
+def test_tf_keras_213_windows_archive_weights(tmp_path):
+    """image-compression (tf.keras 2.13, saved on Windows) is refused for its decoder layers;
+    its encoder alone reads, and each Conv2D gets the arrays tf.keras stored for it under
+    `_layer_checkpoint_dependencies\\<name>` (layers with weights counted twice)."""
+    import io
+    import json
+    import zipfile
+
+    h5py = pytest.importorskip("h5py")
+    src = CORPUS / "image-compression__autoencoder.keras"
+    with zipfile.ZipFile(src) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    config = json.loads(members["config.json"])
+    layers = config["config"]["layers"]
+    cut = [l["name"] for l in layers].index("Code") + 1
+    config["config"]["layers"] = layers[:cut]
+    config["config"]["output_layers"] = [["Code", 0, 0]]
+    members["config.json"] = json.dumps(config).encode()
+    encoder = tmp_path / "encoder.keras"
+    with zipfile.ZipFile(encoder, "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    graph = read_graph(encoder)
+    assert graph.output_shapes() == [(4, 4, 8)]
+    with h5py.File(io.BytesIO(members["model.weights.h5"]), "r") as f:
+        for layer, group in (("conv2d", "conv2d"), ("conv2d_1", "conv2d_2"),
+                             ("conv2d_2", "conv2d_4")):
+            stored = f[f"_layer_checkpoint_dependencies\\{group}"]["vars"]
+            np.testing.assert_array_equal(graph[layer].weights["kernel"], stored["0"][()])
+            np.testing.assert_array_equal(graph[layer].weights["bias"], stored["1"][()])

@@ -161,6 +161,20 @@ def _resolve(group, parts: list[str]):
     return None
 
 
+def _has_prefix(group, parts: list[str]) -> bool:
+    """Whether `parts` leads to a group, or begins the backslash-joined name of a member."""
+    if not parts:
+        return True
+    joined = "\\".join(parts) + "\\"
+    if any(key.startswith(joined) for key in group.keys()):
+        return True
+    for j in range(len(parts), 0, -1):
+        key = "\\".join(parts[:j])
+        if key in group and hasattr(group[key], "keys") and _has_prefix(group[key], parts[j:]):
+            return True
+    return False
+
+
 _CONTAINERS = ("layers", "_layer_checkpoint_dependencies")
 
 
@@ -176,7 +190,7 @@ def _class_key(layer: LayerSpec) -> str:
 
 
 def _assign_v3_model(model: ModelSpec, root, path: list[str], source: str) -> None:
-    container = next((c for c in _CONTAINERS if _resolve(root, path + [c]) is not None), None)
+    container = next((c for c in _CONTAINERS if _has_prefix(root, path + [c])), None)
     if container is None:
         if any(n_weights(layer) for layer in model.layers):
             raise ModelFormatError(f"{source}: no weights for model {model.name!r} (group "
