@@ -1,0 +1,212 @@
+"""Numba kernels against the NumPy reference ops and brute-force loops (hypothesis on shapes)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from interp_graphs import brute_conv, brute_pool, conv_node, dense_node, single
+from kernels.add import add as add_kernel
+from kernels.epilogue import activation_code, apply_activation
+from kernels.pool import pool2d
+from refdecomp.graph import Node
+from refdecomp.interpreter import Model, Recorder
+from refdecomp.ops import reference as ref
+
+FAST = settings(max_examples=25)
+
+conv_cases = st.fixed_dictionaries({
+    "n": st.integers(1, 3), "h": st.integers(1, 9), "w": st.integers(1, 9),
+    "cin": st.integers(1, 4), "cout": st.integers(1, 5),
+    "kernel": st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    "strides": st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    "dilation": st.sampled_from([(1, 1), (2, 2), (1, 2)]),
+    "padding": st.sampled_from(["valid", "same"]),
+    "data_format": st.sampled_from(["channels_last", "channels_first"]),
+    "seed": st.integers(0, 2**16),
+})
+
+
+def _conv_setup(c, activation=ref.LINEAR if hasattr(ref, "LINEAR") else {"name": "linear"}):
+    rng = np.random.default_rng(c["seed"])
+    cf = c["data_format"] == "channels_first"
+    in_shape = (c["cin"], c["h"], c["w"]) if cf else (c["h"], c["w"], c["cin"])
+    node = conv_node("conv", "x", in_shape, c["cout"], c["kernel"], c["strides"], c["padding"],
+                     c["dilation"], activation, c["data_format"], rng)
+    x = rng.standard_normal((c["n"], *in_shape)).astype(np.float32)
+    return node, in_shape, x, rng
+
+
+@FAST
+@given(conv_cases)
+def test_conv_kernel_matches_reference_and_brute_force(c):
+    node, in_shape, x, _ = _conv_setup(c)
+    if 0 in node.shape:
+        return                                   # no valid output position: nothing to compare
+    got = Model(single(node, in_shape)).predict(x)
+    want = ref.conv2d(node, [x])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    xh = ref.to_nhwc(x, c["data_format"])
+    brute = ref.from_nhwc(brute_conv(xh, node.weights["kernel"], node.weights["bias"],
+                                     c["strides"], c["padding"], c["dilation"]), c["data_format"])
+    np.testing.assert_allclose(want, brute, rtol=1e-4, atol=1e-4)
+
+
+def test_same_stride2_odd_size_pads_bottom_right():
+    """Keras `same`, stride 2 on an odd size: the single pad cell goes at the bottom/right, so
+    the first output reads rows/cols 0..1 and the last output's window hangs off the end."""
+    x = np.arange(25, dtype=np.float32).reshape(1, 5, 5, 1)
+    node = conv_node("c", "x", (5, 5, 1), 1, (2, 2), (2, 2), "same", bias=False)
+    node.weights["kernel"][:] = 1.0
+    y = Model(single(node, (5, 5, 1))).predict(x)[0, :, :, 0]
+    assert y.shape == (3, 3)
+    assert y[0, 0] == x[0, 0:2, 0:2, 0].sum()
+    assert y[2, 2] == x[0, 4, 4, 0]
+
+
+pool_cases = st.fixed_dictionaries({
+    "n": st.integers(1, 3), "h": st.integers(1, 9), "w": st.integers(1, 9),
+    "c": st.integers(1, 4), "pool": st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    "strides": st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    "padding": st.sampled_from(["valid", "same"]), "is_max": st.booleans(),
+    "data_format": st.sampled_from(["channels_last", "channels_first"]),
+    "seed": st.integers(0, 2**16),
+})
+
+
+@FAST
+@given(pool_cases)
+def test_pool_kernel_matches_reference_and_brute_force(c):
+    rng = np.random.default_rng(c["seed"])
+    x = rng.standard_normal((c["n"], c["h"], c["w"], c["c"])).astype(np.float32)
+    if c["padding"] == "valid" and (c["pool"][0] > c["h"] or c["pool"][1] > c["w"]):
+        return
+    brute = brute_pool(x, c["pool"], c["strides"], c["padding"], c["is_max"])
+    got = pool2d(x, c["pool"], c["strides"], c["padding"], c["is_max"])
+    np.testing.assert_allclose(got, brute, rtol=1e-5, atol=1e-6)
+    # through the interpreter, in the requested layout, against the reference op
+    fmt = c["data_format"]
+    xf = ref.from_nhwc(x, fmt)
+    op = "max_pool2d" if c["is_max"] else "avg_pool2d"
+    node = Node("p", op, ["x"], ref.from_nhwc(got, fmt).shape[1:],
+                dict(pool=c["pool"], strides=c["strides"], padding=c["padding"],
+                     data_format=fmt))
+    want = ref.run_node(node, [xf])
+    np.testing.assert_allclose(want, ref.from_nhwc(brute, fmt), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(Model(single(node, xf.shape[1:])).predict(xf), want,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_max_pool_same_never_picks_padding():
+    x = -np.ones((1, 3, 3, 1), np.float32) * 5
+    assert (pool2d(x, (2, 2), (2, 2), "same", True) == -5).all()
+
+
+@FAST
+@given(st.integers(1, 4), st.integers(1, 6), st.integers(1, 5), st.integers(0, 2),
+       st.integers(0, 2**16))
+def test_dense_kernel_matches_reference(n, n_in, n_out, lead_rank, seed):
+    rng = np.random.default_rng(seed)
+    lead = tuple(rng.integers(1, 4, lead_rank))
+    node = dense_node("d", "x", n_in, n_out, {"name": "tanh"}, rng, lead)
+    x = rng.standard_normal((n, *lead, n_in)).astype(np.float32)
+    got = Model(single(node, (*lead, n_in))).predict(x)
+    want = np.tanh(x.astype(np.float64) @ node.weights["kernel"] + node.weights["bias"])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ref.dense(node, [x]), want, rtol=1e-5, atol=1e-5)
+
+
+ACTIVATIONS = [
+    {"name": "linear"}, {"name": "relu"}, {"name": "relu", "max_value": 1.5},
+    {"name": "relu", "negative_slope": 0.1}, {"name": "relu", "threshold": 0.5},
+    {"name": "relu", "max_value": 2.0, "negative_slope": 0.1, "threshold": 0.5},
+    {"name": "relu", "max_value": 6.0},
+    {"name": "leaky_relu", "negative_slope": 0.3}, {"name": "elu", "alpha": 0.7},
+    {"name": "selu"}, {"name": "sigmoid"}, {"name": "hard_sigmoid", "dialect": "keras2"},
+    {"name": "hard_sigmoid", "dialect": "keras3"}, {"name": "tanh"}, {"name": "softplus"},
+    {"name": "softsign"}, {"name": "exponential"}, {"name": "swish"}, {"name": "silu"},
+    {"name": "relu6"}, {"name": "gelu", "approximate": True},
+    {"name": "gelu", "approximate": False}, {"name": "mish"}, {"name": "hard_silu"},
+]
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: "-".join(map(str, a.values())))
+def test_kernel_activations_match_reference(act):
+    x = np.linspace(-8, 8, 801).astype(np.float32)
+    code = activation_code(act)
+    assert code is not None
+    got = np.array([apply_activation(v, *code) for v in x], np.float32)
+    np.testing.assert_allclose(got, ref.activate(x, act), rtol=1e-5, atol=1e-6)
+    # and fused after a dense layer (identity weights)
+    node = Node("d", "dense", ["x"], (801,), {"activation": act},
+                {"kernel": np.eye(801, dtype=np.float32), "bias": np.zeros(801, np.float32)})
+    np.testing.assert_allclose(Model(single(node, (801,))).predict(x[None])[0],
+                               ref.activate(x, act), rtol=1e-5, atol=1e-5)
+
+
+def test_hard_sigmoid_dialects_differ():
+    x = np.array([1.0], np.float32)
+    assert ref.hard_sigmoid(x, "keras2")[0] == pytest.approx(0.7)
+    assert ref.hard_sigmoid(x, "keras3")[0] == pytest.approx(1 / 6 + 0.5)
+
+
+@FAST
+@given(st.integers(2, 4), st.integers(1, 50), st.sampled_from(ACTIVATIONS[:8]),
+       st.integers(0, 2**16))
+def test_add_kernel(n_inputs, size, act, seed):
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal((2, size)).astype(np.float32) for _ in range(n_inputs)]
+    got = add_kernel(xs, activation_code(act))
+    np.testing.assert_allclose(got, ref.activate(sum(xs), act), rtol=1e-5, atol=1e-5)
+
+
+# -- recording and masks ---------------------------------------------------------------------
+def _brute_seen(pre, groups, n_groups):
+    """(pre-activation > 0) OR-reduced over the images of each group."""
+    seen = np.zeros((n_groups, *pre.shape[1:]), np.uint8)
+    for i, g in enumerate(groups):
+        seen[g] |= (pre[i] > 0)
+    return seen
+
+
+@FAST
+@given(conv_cases, st.integers(1, 5), st.integers(1, 4))
+def test_conv_recording_matches_brute_force(c, n_groups, batch_size):
+    node, in_shape, x, rng = _conv_setup(c, {"name": "relu"})
+    if 0 in node.shape:
+        return
+    model = Model(single(node, in_shape))
+    groups = rng.integers(0, n_groups, len(x))
+    rec = Recorder(model, n_groups)
+    model.run(x, batch_size, recorder=rec, groups=groups, outputs=[])
+    pre = ref.conv2d_linear(node, x)
+    np.testing.assert_array_equal(rec.seen["conv"], _brute_seen(pre, groups, n_groups))
+
+
+@FAST
+@given(conv_cases, st.sampled_from([{"name": "relu"}, {"name": "sigmoid"},
+                                    {"name": "softmax"}]))
+def test_conv_masks_match_reference(c, act):
+    node, in_shape, x, rng = _conv_setup(c, act)
+    if 0 in node.shape:
+        return
+    mask = (rng.random(node.shape) > 0.4).astype(np.uint8)
+    got = Model(single(node, in_shape)).run(x, 2, masks={"conv": mask})[0]
+    want = ref.conv2d(node, [x]) * mask
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert (got[:, mask == 0] == 0).all()
+
+
+def test_dense_recording_and_mask_with_fallback_activation():
+    rng = np.random.default_rng(3)
+    node = dense_node("d", "x", 6, 4, {"name": "softmax"}, rng)
+    x = rng.standard_normal((37, 6)).astype(np.float32)
+    groups = rng.integers(0, 3, 37)
+    mask = np.array([1, 0, 1, 1], np.uint8)
+    model = Model(single(node, (6,)))
+    rec = Recorder(model, 3)
+    y = model.run(x, 8, recorder=rec, groups=groups, masks={"d": mask})[0]
+    pre = ref.dense_linear(node, x)
+    np.testing.assert_array_equal(rec.seen["d"], _brute_seen(pre, groups, 3))
+    np.testing.assert_allclose(y, ref.softmax(pre) * mask, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,120 @@
+"""Forward-pass throughput: refdecomp (with and without recording) vs Keras/TensorFlow `predict`.
+
+Builds CIFAR-10 ResNet-20 v1 in Keras with random weights (the paper's variant without batch
+norm, and the variant with batch norm and random moving statistics), saves it to .h5, loads that
+file with refdecomp, checks both compute the same function, then times, in the same run:
+
+* Keras `model.predict(x, batch_size)`;
+* refdecomp `Model.predict(x, batch_size)`;
+* refdecomp `Model.run` with a `Recorder` (n_classes * 2 groups, random group ids).
+
+Usage: python tools/bench_forward.py [--images 2048] [--batch-size 256] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from refdecomp import load_model  # noqa: E402
+from refdecomp.interpreter import Recorder  # noqa: E402
+
+
+def _best(fn, repeats: int) -> float:
+    """Best wall time of `repeats` calls (after the caller's warm-up)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def build_keras(batch_norm: bool, seed: int):
+    import keras
+    from architectures import resnet_v1
+
+    model = resnet_v1(20, (32, 32, 3), 10, batch_norm=batch_norm, seed=seed)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            g, b, m, v = (w.numpy() for w in layer.weights)
+            layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0, 0.1, b.shape),
+                               rng.normal(0, 0.1, m.shape), rng.uniform(0.5, 1.5, v.shape)])
+        elif isinstance(layer, keras.layers.Conv2D):
+            k, b = layer.get_weights()
+            layer.set_weights([k, rng.normal(0, 0.05, b.shape).astype(np.float32)])
+    return model
+
+
+def bench(batch_norm: bool, n_images: int, batch_size: int, repeats: int, seed: int) -> dict:
+    kmodel = build_keras(batch_norm, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "resnet20.h5")
+        kmodel.save(path)
+        model = load_model(path)
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 255, (n_images, 32, 32, 3)).astype(np.float32)
+    groups = rng.integers(0, 20, n_images)
+
+    # same function?
+    ours = model.predict(x[:batch_size], batch_size)
+    theirs = kmodel.predict(x[:batch_size], batch_size=batch_size, verbose=0)
+    diff = float(np.abs(ours - theirs).max())
+    agree = float(np.mean(ours.argmax(1) == theirs.argmax(1)))
+
+    def keras_predict():
+        kmodel.predict(x, batch_size=batch_size, verbose=0)
+
+    def ref_predict():
+        model.predict(x, batch_size)
+
+    def ref_record():
+        model.run(x, batch_size, recorder=Recorder(model, 20), groups=groups)
+
+    for fn in (keras_predict, ref_predict, ref_record):
+        fn()                                    # warm-up: JIT compile, TF graph tracing
+    t_keras = _best(keras_predict, repeats)
+    t_pred = _best(ref_predict, repeats)
+    t_rec = _best(ref_record, repeats)
+    macs = model.macs()
+    return dict(variant="with batch norm" if batch_norm else "no batch norm (paper)",
+                macs=macs, max_abs_diff=diff, argmax_agree=agree,
+                keras=n_images / t_keras, predict=n_images / t_pred, record=n_images / t_rec)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=2048)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variant", choices=("plain", "bn", "both"), default="both")
+    args = ap.parse_args(argv)
+    variants = {"plain": [False], "bn": [True], "both": [False, True]}[args.variant]
+    print(f"ResNet-20 v1, CIFAR-10 shape, {args.images} images, batch {args.batch_size}, "
+          f"best of {args.repeats}, {os.cpu_count()} CPU cores")
+    for bn in variants:
+        r = bench(bn, args.images, args.batch_size, args.repeats, args.seed)
+        gf = 2 * r["macs"] / 1e9
+        print(f"\n[{r['variant']}] {r['macs'] / 1e6:.1f} M MACs/image; outputs vs Keras: "
+              f"max |diff| {r['max_abs_diff']:.2e}, argmax agreement {r['argmax_agree']:.3f}")
+        for key, label in (("keras", "Keras/TF predict"), ("predict", "refdecomp predict"),
+                           ("record", "refdecomp predict + recording (20 groups)")):
+            print(f"  {label:44s} {r[key]:8.1f} images/s  {r[key] * gf:6.1f} GFLOP/s  "
+                  f"{r[key] / r['keras']:.2f}x TF")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
