@@ -1,0 +1,183 @@
+"""Model / Recorder behaviour: folding exactness, streaming, API contracts, errors."""
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from interp_graphs import bn_node, conv_node, dense_node, single
+from refdecomp import DataError
+from refdecomp.graph import Graph, Node
+from refdecomp.interpreter import Model, Recorder
+from refdecomp.ops import reference as ref
+from refdecomp.transforms import optimize
+
+RELU = {"name": "relu"}
+
+
+def conv_bn_relu_net(data_format="channels_last", bn_axis=None, seed=0):
+    """input -> conv -> BN -> ReLU -> conv(relu) -> maxpool -> add-free flatten -> dense."""
+    rng = np.random.default_rng(seed)
+    cf = data_format == "channels_first"
+    in_shape = (3, 8, 8) if cf else (8, 8, 3)
+    c1 = conv_node("c1", "x", in_shape, 4, (3, 3), (1, 1), "same", data_format=data_format,
+                   rng=rng)
+    axis = bn_axis if bn_axis is not None else (1 if cf else 3)
+    bn = bn_node("bn", "c1", c1.shape, axis, rng)
+    act = Node("r", "activation", ["bn"], c1.shape, {"activation": RELU}, {}, "Activation")
+    c2 = conv_node("c2", "r", c1.shape, 5, (3, 3), (2, 2), "same", activation=RELU,
+                   data_format=data_format, rng=rng)
+    pool = Node("p", "max_pool2d", ["c2"], (5, 2, 2) if cf else (2, 2, 5),
+                dict(pool=(2, 2), strides=(2, 2), padding="valid", data_format=data_format))
+    flat = Node("f", "flatten", ["p"], (20,), dict(data_format=data_format))
+    d = dense_node("d", "f", 20, 3, {"name": "softmax"}, rng)
+    nodes = [Node("x", "input", [], in_shape), c1, bn, act, c2, pool, flat, d]
+    return Graph(nodes, ["x"], ["d"]), in_shape
+
+
+@pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
+def test_bn_folding_is_exact(fmt):
+    g, in_shape = conv_bn_relu_net(fmt)
+    folded = Model(g)
+    assert [n.name for n in folded.graph] == ["x", "c1", "c2", "p", "f", "d"]
+    assert folded.name_map["bn"] == "c1" and folded.name_map["r"] == "c1"
+    assert folded.graph["c1"].activation == RELU
+    x = np.random.default_rng(1).standard_normal((10, *in_shape)).astype(np.float32)
+    unfolded = Model(g, fold=False, engine="reference")
+    np.testing.assert_allclose(folded.predict(x), unfolded.predict(x), rtol=1e-5, atol=1e-6)
+    # the recorded value is the one after batch norm, before ReLU
+    rec = Recorder(folded, 2)
+    groups = np.arange(10) % 2
+    folded.run(x, 4, recorder=rec, groups=groups, outputs=[])
+    after_bn = unfolded.layer_outputs(x, ["bn"])["bn"]
+    for k in range(2):
+        np.testing.assert_array_equal(rec.seen["c1"][k], (after_bn[groups == k] > 0).any(0))
+
+
+def test_bn_not_folded_when_inexact():
+    g, _ = conv_bn_relu_net(bn_axis=2)          # normalises a spatial axis: not foldable
+    assert "bn" in Model(g).graph
+    g, in_shape = conv_bn_relu_net()
+    # c1 gets a second consumer: folding would change what that consumer sees
+    extra = Node("id", "identity", ["c1"], g["c1"].shape)
+    g2 = Graph([*g.nodes, extra], ["x"], ["d", "id"])
+    m = Model(g2)
+    assert "bn" in m.graph and m.graph["c1"].activation["name"] == "linear"
+    x = np.random.default_rng(2).standard_normal((3, *in_shape)).astype(np.float32)
+    y, raw = m.predict(x)
+    np.testing.assert_allclose(raw, ref.conv2d(g["c1"], [x]), rtol=1e-5, atol=1e-5)
+
+
+def test_activation_without_zero_preservation_not_fused():
+    rng = np.random.default_rng(0)
+    c = conv_node("c", "x", (5, 5, 2), 3, (3, 3), rng=rng)
+    s = Node("s", "activation", ["c"], c.shape, {"activation": {"name": "sigmoid"}})
+    g = Graph([Node("x", "input", [], (5, 5, 2)), c, s], ["x"], ["s"])
+    exec_graph, mapping = optimize(g)
+    assert "s" in exec_graph and mapping["s"] == "s"
+
+
+def test_predict_batch_size_and_engines_agree():
+    g, in_shape = conv_bn_relu_net()
+    x = np.random.default_rng(5).standard_normal((23, *in_shape)).astype(np.float32)
+    want = Model(g, engine="reference").predict(x, batch_size=23)
+    for bs in (1, 7, 256):
+        np.testing.assert_allclose(Model(g).predict(x, batch_size=bs), want, rtol=1e-5,
+                                   atol=1e-6)
+
+
+def two_in_two_out():
+    rng = np.random.default_rng(0)
+    a = Node("a", "input", [], (4,))
+    b = Node("b", "input", [], (4,))
+    s = Node("s", "add", ["a", "b"], (4,))
+    d = dense_node("d", "s", 4, 2, RELU, rng)
+    cat = Node("cat", "concatenate", ["s", "a"], (8,), {"axis": -1})
+    return Graph([a, b, s, d, cat], ["a", "b"], ["d", "cat"])
+
+
+def test_multi_input_multi_output():
+    m = Model(two_in_two_out())
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((2, 6, 4)).astype(np.float32)
+    d, cat = m.predict([a, b], batch_size=4)
+    s = a + b
+    np.testing.assert_allclose(cat, np.concatenate([s, a], 1), rtol=1e-6)
+    k = m.graph["d"].weights
+    np.testing.assert_allclose(d, np.maximum(s @ k["kernel"] + k["bias"], 0), rtol=1e-5,
+                               atol=1e-6)
+    d2, _ = m.predict({"a": a, "b": b})
+    np.testing.assert_array_equal(d, d2)
+
+
+def test_bad_inputs_raise_data_error_naming_the_input():
+    m = Model(two_in_two_out())
+    x = np.zeros((3, 4), np.float32)
+    with pytest.raises(DataError, match=r"'b' expects shape \(None, 4\)"):
+        m.predict([x, np.zeros((3, 5), np.float32)])
+    with pytest.raises(DataError, match="2 input"):
+        m.predict(x)
+    g, _ = conv_bn_relu_net()
+    with pytest.raises(DataError, match=r"'x' expects shape \(None, 8, 8, 3\)"):
+        Model(g).predict(np.zeros((2, 8, 8), np.float32))
+    m = Model(g)
+    with pytest.raises(DataError, match="groups"):
+        m.run(np.zeros((2, 8, 8, 3)), recorder=Recorder(m, 2), groups=[0, 2])
+    with pytest.raises(DataError, match="mask"):
+        m.run(np.zeros((2, 8, 8, 3)), masks={"c1": np.ones((8, 8, 5), np.uint8)})
+    with pytest.raises(DataError, match="not a conv2d / dense"):
+        m.run(np.zeros((2, 8, 8, 3)), masks={"p": np.ones((2, 2, 5), np.uint8)})
+
+
+def test_summary_counts_parameters_and_macs():
+    g, _ = conv_bn_relu_net()
+    m = Model(g)
+    text = m.summary()
+    macs_c1 = 8 * 8 * 3 * 3 * 3 * 4
+    macs_c2 = 4 * 4 * 3 * 3 * 4 * 5
+    assert m.macs() == macs_c1 + macs_c2 + 20 * 3
+    assert f"{macs_c1:,}" in text and f"{macs_c2:,}" in text
+    assert f"{sum(n.n_params() for n in g):,}" in text
+    assert "(None, 4, 4, 5)" in text
+
+
+def test_layer_outputs_use_source_names():
+    g, in_shape = conv_bn_relu_net()
+    x = np.random.default_rng(0).standard_normal((4, *in_shape)).astype(np.float32)
+    outs = Model(g).layer_outputs(x, ["c1", "bn", "r"])
+    np.testing.assert_allclose(outs["r"], np.maximum(outs["bn"], 0))
+    np.testing.assert_allclose(outs["c1"], ref.conv2d(g["c1"], [x]), rtol=1e-5, atol=1e-5)
+
+
+def test_with_graph_runs_a_modified_graph():
+    g, in_shape = conv_bn_relu_net()
+    m = Model(g)
+    head = m.graph["d"]
+    k = head.weights["kernel"][:, :1]
+    new = m.graph.with_nodes([*m.graph.nodes[:-1], head.replace(
+        shape=(1,), weights={"kernel": k, "bias": head.weights["bias"][:1]},
+        attrs={"activation": {"name": "sigmoid"}})])
+    x = np.random.default_rng(0).standard_normal((3, *in_shape)).astype(np.float32)
+    y = m.with_graph(new).predict(x)
+    feats = m.run(x, outputs=["f"])[0]
+    np.testing.assert_allclose(y, ref.sigmoid(feats @ k + head.weights["bias"][:1]),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_streaming_memory_does_not_grow_with_images():
+    """Recording over 8x more images allocates no more at peak (buffers are reused)."""
+    g, in_shape = conv_bn_relu_net()
+    m = Model(g)
+    rng = np.random.default_rng(0)
+    peaks = []
+    for n in (64, 512):
+        x = rng.standard_normal((n, *in_shape)).astype(np.float32)
+        groups = rng.integers(0, 3, n)
+        rec = Recorder(m, 3)
+        m.run(x[:32], 32, recorder=rec, groups=groups[:32], outputs=[])    # warm-up
+        tracemalloc.start()
+        m.run(x, 32, recorder=rec, groups=groups, outputs=[])
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 1.5 * peaks[0] + 64 * 1024, peaks
