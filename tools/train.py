@@ -102,9 +102,9 @@ def atomic_save(model, path: Path, **kwargs) -> None:
     os.replace(tmp, path)
 
 
-def load_manifest() -> dict:
-    if MANIFEST.is_file():
-        return json.loads(MANIFEST.read_text())
+def load_manifest(manifest: Path) -> dict:
+    if manifest.is_file():
+        return json.loads(manifest.read_text())
     return {"models": {}}
 
 
@@ -143,9 +143,10 @@ def refdecomp_accuracy(path: Path, ds: Dataset) -> tuple[float, float] | None:
     return topk(probs, ds.y_test, 1), topk(probs, ds.y_test, 5)
 
 
-def record(path: Path, ds: Dataset, entry: dict, keras_probs: np.ndarray | None) -> dict:
-    """Measure `path` and write its manifest entry (merged into the existing one)."""
-    manifest = load_manifest()
+def record(path: Path, ds: Dataset, entry: dict, keras_probs: np.ndarray | None,
+           manifest_path: Path = MANIFEST) -> dict:
+    """Measure `path` and write its entry in `manifest_path` (merged into an existing one)."""
+    manifest = load_manifest(manifest_path)
     old = manifest["models"].get(path.name, {})
     e = {**old, **entry, "file": path.name, "sha256": sha256(path),
          "size_bytes": path.stat().st_size}
@@ -160,7 +161,7 @@ def record(path: Path, ds: Dataset, entry: dict, keras_probs: np.ndarray | None)
         e["test_top1"], e["test_top5"] = e["keras_test_top1"], e["keras_test_top5"]
         e["measured_by"] = "keras"
     manifest["models"][path.name] = e
-    atomic_json(MANIFEST, manifest)
+    atomic_json(manifest_path, manifest)
     print(f"{path.name}: top1 {e.get('test_top1')}, top5 {e.get('test_top5')} "
           f"(measured by {e.get('measured_by')})")
     return e
@@ -168,14 +169,15 @@ def record(path: Path, ds: Dataset, entry: dict, keras_probs: np.ndarray | None)
 
 def manifest_only(args) -> None:
     """Re-measure the manifest entries (all, or the one named by --out) with refdecomp."""
-    manifest = load_manifest()
+    manifest_path = Path(args.manifest)
+    manifest = load_manifest(manifest_path)
     names = [Path(args.out).name] if args.out else sorted(manifest["models"])
     for name in names:
         entry = manifest["models"].get(name)
         if entry is None:
-            sys.exit(f"{name}: not in {MANIFEST}")
+            sys.exit(f"{name}: not in {manifest_path}")
         ds = load_dataset(entry["dataset"], data_dir=args.data_dir)
-        record(ROOT / "weights" / name, ds, {}, None)
+        record(manifest_path.parent / name, ds, {}, None, manifest_path)
 
 
 # --------------------------------------------------------------------------- training
@@ -264,7 +266,7 @@ def train(args) -> None:
         atomic_json(state_file, state)
         print(f"epoch {epoch + 1}/{args.epochs} {time.time() - t0:.1f}s "
               + " ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
-        if args.time_limit and time.time() - started > args.time_limit * 60 \
+        if args.time_limit is not None and time.time() - started > args.time_limit * 60 \
                 and state["epoch"] < args.epochs:
             print(f"time limit reached after epoch {state['epoch']}: rerun with --resume")
             return
@@ -290,7 +292,7 @@ def train(args) -> None:
         "input": "float32 raw pixel values 0..255, NHWC " + "x".join(map(str, ds.image_shape)),
         "class_names": list(ds.class_names),
         "parameters": int(final.count_params()),
-    }, probs)
+    }, probs, Path(args.manifest))
 
 
 def main(argv=None) -> None:
@@ -325,6 +327,8 @@ def main(argv=None) -> None:
     p.add_argument("--export-checkpoint", action="store_true",
                    help="write --out from the checkpoint as it stands (a stopped run)")
     p.add_argument("--time-limit", type=float, help="stop after the epoch crossing N minutes")
+    p.add_argument("--manifest", default=str(MANIFEST),
+                   help="manifest to update (its folder holds the weight files)")
     p.add_argument("--manifest-only", action="store_true",
                    help="only re-measure manifest entries with refdecomp (all, or --out)")
     args = p.parse_args(argv)
