@@ -25,13 +25,14 @@ specs draw only channels_last.
 from __future__ import annotations
 
 import functools
+import logging
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, note, settings
+from hypothesis import Phase, assume, given, note, settings
 from hypothesis import strategies as st
 
 import refdecomp
@@ -52,6 +53,13 @@ RTOL = 1e-5
 TINY = float(np.finfo(np.float32).tiny)
 
 
+def oracle_settings(max_examples: int):
+    """Modest example counts (each example builds, saves and loads a Keras model: ~0.5-1.5 s).
+    No shrinking: it would rebuild models for minutes; the failure message names the spec, the
+    format and the first diverging layer instead."""
+    return settings(max_examples=max_examples, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+
+
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
@@ -62,8 +70,13 @@ def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
 
 
 def keras_outputs(model, xs: list[np.ndarray]) -> list[np.ndarray]:
-    """The in-memory Keras model's outputs (inference mode) as a list of float32 arrays."""
-    out = model(xs[0] if len(xs) == 1 else xs, training=False)
+    """The in-memory Keras model's `predict` outputs as a list of float32 arrays.
+
+    `predict`, not an eager `model(x)`: with Keras 3 on TensorFlow 2.21 (CPU), the eager call of
+    a channels_first Conv2D with strides 2 computes wrong values for some shapes (e.g. input
+    (2, 8, 12), kernel 2, stride 2: relative error ~0.2 against a brute-force NumPy
+    convolution), while `predict` (a traced graph) and tf_keras agree with NumPy."""
+    out = model.predict(xs[0] if len(xs) == 1 else xs, verbose=0)
     outs = out if isinstance(out, (list, tuple)) else [out]
     return [np.asarray(o, dtype=np.float32) for o in outs]
 
@@ -76,6 +89,7 @@ def save_all_formats(K, model, folder: Path) -> dict[str, tuple[Path, Path | Non
     """Write `model` in every format its dialect produces: {format: (path, architecture)}."""
     keras3 = dialect_of(K) == "keras3"
     files: dict[str, tuple[Path, Path | None]] = {}
+    logging.getLogger("absl").setLevel(logging.ERROR)  # the legacy-HDF5 nag on every save
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         h5 = folder / "model.h5"
@@ -178,25 +192,25 @@ def run_spec(K, spec, formats=("h5", "keras", "weights+json")) -> None:
 # --------------------------------------------------------------------------------------------
 # Keras 3
 # --------------------------------------------------------------------------------------------
-@settings(max_examples=20)
+@oracle_settings(20)
 @given(data=st.data())
 def test_keras3_sequential(keras3, data):
     run_spec(keras3, draw_spec(keras3, data, model_specs("keras3", functional=False)))
 
 
-@settings(max_examples=20)
+@oracle_settings(20)
 @given(data=st.data())
 def test_keras3_functional(keras3, data):
     run_spec(keras3, draw_spec(keras3, data, model_specs("keras3", functional=True)))
 
 
-@settings(max_examples=10)
+@oracle_settings(10)
 @given(data=st.data())
 def test_keras3_nested(keras3, data):
     run_spec(keras3, draw_spec(keras3, data, model_specs("keras3", functional=True, nested=True)))
 
 
-@settings(max_examples=8)
+@oracle_settings(8)
 @given(data=st.data())
 def test_keras3_two_inputs_two_outputs(keras3, data):
     spec = draw_spec(keras3, data, multi_io_specs("keras3"))
@@ -210,26 +224,26 @@ def test_keras3_two_inputs_two_outputs(keras3, data):
 # --------------------------------------------------------------------------------------------
 # tf_keras (the Keras 2 dialect)
 # --------------------------------------------------------------------------------------------
-@settings(max_examples=15)
+@oracle_settings(15)
 @given(data=st.data())
 def test_tf_keras_sequential(tf_keras, data):
     run_spec(tf_keras, draw_spec(tf_keras, data, model_specs("tf_keras", functional=False)))
 
 
-@settings(max_examples=20)
+@oracle_settings(20)
 @given(data=st.data())
 def test_tf_keras_functional(tf_keras, data):
     run_spec(tf_keras, draw_spec(tf_keras, data, model_specs("tf_keras", functional=True)))
 
 
-@settings(max_examples=10)
+@oracle_settings(10)
 @given(data=st.data())
 def test_tf_keras_nested(tf_keras, data):
     run_spec(tf_keras, draw_spec(tf_keras, data,
                                  model_specs("tf_keras", functional=True, nested=True)))
 
 
-@settings(max_examples=8)
+@oracle_settings(8)
 @given(data=st.data())
 def test_tf_keras_two_inputs_two_outputs(tf_keras, data):
     spec = draw_spec(tf_keras, data, multi_io_specs("tf_keras"))
