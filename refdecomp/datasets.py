@@ -578,7 +578,8 @@ class _Source:
 
 
 _MNIST_BASE = "https://ossci-datasets.s3.amazonaws.com/mnist/"
-_FASHION_BASE = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_FASHION_BASE = ("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/"
+                 "data/fashion/")
 
 _SOURCES: dict[str, _Source] = {
     "cifar10": _Source(
@@ -646,11 +647,15 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download(name: str, src: _Source, timeout: float = 60.0) -> Path:
-    """Fetch the canonical files of `name` into the cache's download folder, checking md5."""
+def _download(src: _Source, timeout: float = 60.0) -> Path:
+    """Fetch the canonical files of `name` into the cache's download folder, checking md5.
+    Several files are gathered in a ``.partial`` folder that is renamed when complete, so an
+    interrupted download never looks like a dataset."""
     target = cache_dir() / "downloads" / src.download_as
+    multi = len(src.urls) > 1
+    partial = target.with_name(target.name + ".partial")
     for url, md5 in src.urls:
-        dest = target if len(src.urls) == 1 else target / url.rsplit("/", 1)[1]
+        dest = partial / url.rsplit("/", 1)[1] if multi else target
         if dest.is_file() and _md5(dest) == md5:
             continue
 
@@ -664,6 +669,8 @@ def _download(name: str, src: _Source, timeout: float = 60.0) -> Path:
         if got != md5:
             dest.unlink()
             raise DataError(f"{url}: downloaded file has md5 {got}, expected {md5}; removed it")
+    if multi:
+        os.replace(partial, target)
     return target
 
 
@@ -699,7 +706,7 @@ def load_dataset(name_or_path: str | os.PathLike, *, data_dir: str | os.PathLike
             f"set REFDECOMP_DATA); download is disabled"
         )
     try:
-        got = _download(key, src)
+        got = _download(src)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise DataError(
             f"dataset {key!r} not found locally and the download from {src.urls[0][0]} failed "

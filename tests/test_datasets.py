@@ -348,6 +348,44 @@ def test_failed_download_is_a_data_error(monkeypatch, tmp_path):
         D.load_dataset("mnist")
 
 
+def _file_sources(tmp_path, arrays, md5s=None):
+    """A copy of the mnist source whose URLs are file:// paths to files written here."""
+    import hashlib
+
+    urls = []
+    for i, (name, arr) in enumerate(arrays.items()):
+        f = tmp_path / "server" / (name + ".gz")
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(gzip.compress(idx_bytes(arr)))
+        md5 = hashlib.md5(f.read_bytes()).hexdigest() if md5s is None else md5s[i]
+        urls.append((f.as_uri(), md5))
+    src = D._SOURCES["mnist"]
+    return D._Source(src.candidates, tuple(urls), src.download_as)
+
+
+def test_download_checks_md5_and_is_found_afterwards(monkeypatch, tmp_path):
+    arrays = write_mnist_folder(tmp_path / "orig", np.random.default_rng(10))
+    monkeypatch.setitem(D._SOURCES, "mnist", _file_sources(tmp_path, arrays))
+    monkeypatch.setattr(D, "search_dirs", lambda data_dir=None: [tmp_path / "cache" / "downloads"])
+    ds = D.load_dataset("mnist")
+    np.testing.assert_array_equal(ds.x_test[..., 0], arrays["t10k-images-idx3-ubyte"])
+    assert (tmp_path / "cache" / "downloads" / "mnist").is_dir()
+    assert not (tmp_path / "cache" / "downloads" / "mnist.partial").exists()
+    D.load_dataset("mnist", download=False)  # now found locally
+
+
+def test_download_with_wrong_md5_leaves_no_dataset(monkeypatch, tmp_path):
+    arrays = write_mnist_folder(tmp_path / "orig", np.random.default_rng(11))
+    bad = _file_sources(tmp_path, arrays, md5s=["0" * 32] * 4)
+    monkeypatch.setitem(D._SOURCES, "mnist", bad)
+    monkeypatch.setattr(D, "search_dirs", lambda data_dir=None: [tmp_path / "cache" / "downloads"])
+    with pytest.raises(DataError, match="expected 0{32}"):
+        D.load_dataset("mnist")
+    assert not (tmp_path / "cache" / "downloads" / "mnist").exists()
+    with pytest.raises(DataError, match="not found"):
+        D.load_dataset("mnist", download=False)
+
+
 def test_digits():
     pytest.importorskip("sklearn")
     from sklearn.datasets import load_digits
