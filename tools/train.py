@@ -42,6 +42,15 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from refdecomp.datasets import Dataset, load_dataset  # noqa: E402
 
+# Prefer JAX (GPU) when it is installed and no backend was chosen; else Keras's default.
+if "KERAS_BACKEND" not in os.environ:
+    try:
+        import jax  # noqa: F401
+
+        os.environ["KERAS_BACKEND"] = "jax"
+    except ImportError:
+        pass
+
 MANIFEST = ROOT / "weights" / "MANIFEST.json"
 
 
