@@ -3,14 +3,15 @@ parallel pass."""
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .epilogue import apply_activation
+from .threads import parallel_blocks
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def _add2(a, b, out, code, p0, p1, p2):
-    for i in prange(a.shape[0]):
+    for i in range(a.shape[0]):
         out[i] = apply_activation(a[i] + b[i], code, p0, p1, p2)
 
 
@@ -21,9 +22,15 @@ def add(arrays, act=(0, 0.0, 0.0, 0.0)) -> np.ndarray:
     acc = np.ascontiguousarray(arrays[0]).reshape(-1)
     for k, b in enumerate(arrays[1:]):
         last = k == len(arrays) - 2
-        _add2(acc, np.ascontiguousarray(b).reshape(-1), flat, *(act if last else (0, 0.0, 0.0,
-                                                                                   0.0)))
+        _add_blocks(acc, np.ascontiguousarray(b).reshape(-1), flat,
+                    act if last else (0, 0.0, 0.0, 0.0))
         acc = flat
     if len(arrays) == 1:
-        _add2(acc, np.zeros_like(acc), flat, *act)
+        _add_blocks(acc, np.zeros_like(acc), flat, act)
     return out
+
+
+def _add_blocks(a, b, out, act) -> None:
+    def block(i0, i1):
+        _add2(a[i0:i1], b[i0:i1], out[i0:i1], *act)
+    parallel_blocks(block, a.shape[0])

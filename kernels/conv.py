@@ -2,22 +2,25 @@
 images, followed by the fused epilogue (bias, recording, activation, mask)."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .epilogue import epilogue
+from .threads import parallel_blocks
 from .windows import geometry
 
 #: target size in floats of one im2col chunk (rows * KH*KW*Cin); bounded, reused per layer.
-CHUNK_FLOATS = 1 << 21
+CHUNK_FLOATS = 1 << 18
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def im2col(x, cols, img0, n_img, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW):
     """cols[(n*OH + oh)*OW + ow, (i*KW + j)*Cin + ci] = x[img0+n, oh*sh-pt+i*dh, ow*sw-pl+j*dw, ci]
     (0 on padding) for n < n_img."""
     H, W, Cin = x.shape[1], x.shape[2], x.shape[3]
-    for t in prange(n_img * OH):
+    for t in range(n_img * OH):
         n = t // OH
         oh = t % OH
         for ow in range(OW):
@@ -46,7 +49,13 @@ class Conv2D:
             np.ascontiguousarray(bias, dtype=np.float32)
         self.strides, self.padding, self.dilation = tuple(strides), padding, tuple(dilation)
         self.act = act
-        self._cols = np.empty((0, 0), np.float32)
+        self._buffers = threading.local()     # one reused im2col buffer per worker thread
+
+    def _cols(self, rows: int, kdim: int) -> np.ndarray:
+        buf = getattr(self._buffers, "cols", None)
+        if buf is None or buf.shape[0] < rows:
+            buf = self._buffers.cols = np.empty((rows, kdim), np.float32)
+        return buf[:rows]
 
     def __call__(self, x, mask, msp, msc, seen, ssp, ssc, groups):
         n, H, W, cin = x.shape
@@ -57,17 +66,19 @@ class Conv2D:
         out = np.empty((n * P, cout), np.float32)
         direct = kh == kw == 1 and sh == sw == 1 and pt == pl == 0
         per_chunk = max(1, CHUNK_FLOATS // max(1, P * kdim))
-        if not direct and self._cols.shape[0] < min(per_chunk, n) * P:
-            self._cols = np.empty((min(per_chunk, n) * P, kdim), np.float32)
-        for i0 in range(0, n, per_chunk):
-            m = min(per_chunk, n - i0)
-            rows = slice(i0 * P, (i0 + m) * P)
-            if direct:
-                cols = x[i0:i0 + m].reshape(m * P, cin)
-            else:
-                cols = self._cols[:m * P]
-                im2col(x, cols, i0, m, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
-            np.matmul(cols, self.k2, out=out[rows])
-            epilogue(out[rows], self.bias, *self.act, P, mask, msp, msc, seen, ssp, ssc,
-                     groups[i0:i0 + m])
+
+        def block(b0, b1):
+            for i0 in range(b0, b1, per_chunk):
+                m = min(per_chunk, b1 - i0)
+                rows = slice(i0 * P, (i0 + m) * P)
+                if direct:
+                    cols = x[i0:i0 + m].reshape(m * P, cin)
+                else:
+                    cols = self._cols(m * P, kdim)
+                    im2col(x, cols, i0, m, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+                np.matmul(cols, self.k2, out=out[rows])
+                epilogue(out[rows], self.bias, *self.act, P, mask, msp, msc, seen, ssp, ssc,
+                         groups[i0:i0 + m] if groups.shape[0] else groups)
+
+        parallel_blocks(block, n)
         return out.reshape(n, oh, ow, cout)

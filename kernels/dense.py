@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .epilogue import epilogue
+from .threads import parallel_blocks
 
 
 class Dense:
@@ -19,6 +20,14 @@ class Dense:
     def __call__(self, x, mask, msp, msc, seen, ssp, ssc, groups):
         n, lead, k = x.shape[0], x.shape[1:-1], x.shape[-1]
         P = int(np.prod(lead, dtype=np.int64))
-        y = np.ascontiguousarray(x).reshape(n * P, k) @ self.kernel
-        epilogue(y, self.bias, *self.act, P, mask, msp, msc, seen, ssp, ssc, groups)
+        x2 = np.ascontiguousarray(x).reshape(n * P, k)
+        y = np.empty((n * P, self.kernel.shape[1]), np.float32)
+
+        def block(b0, b1):
+            rows = slice(b0 * P, b1 * P)
+            np.matmul(x2[rows], self.kernel, out=y[rows])
+            epilogue(y[rows], self.bias, *self.act, P, mask, msp, msc, seen, ssp, ssc,
+                     groups[b0:b1] if groups.shape[0] else groups)
+
+        parallel_blocks(block, n)
         return y.reshape(n, *lead, self.kernel.shape[1])

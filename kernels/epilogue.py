@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 # activation codes understood by the kernels (others are applied afterwards by the caller)
 ACT_CODES = {
@@ -111,23 +111,33 @@ def apply_activation(v, code, p0, p1, p2):
     return v
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def epilogue(y, bias, code, p0, p1, p2, positions, mask, msp, msc, seen, ssp, ssc, groups):
     """In place on y (rows, C): y = act(y + bias) * mask, and seen[group, p*ssp + c*ssc] = 1
     where y + bias > 0. `positions` = rows per image; empty `mask` / `seen` disable them;
-    `groups[i]` is the group of the chunk's i-th image."""
+    `groups[i]` is the group of the chunk's i-th image. Serial and GIL-free: callers run
+    chunks on several threads."""
     rows, C = y.shape
     has_mask = mask.shape[0] > 0
     has_seen = seen.shape[0] > 0
-    for r in prange(rows):
+    plain_relu = code == 1 and p0 == math.inf and p1 == 0.0 and p2 == 0.0
+    for r in range(rows):
         p = r % positions
         if has_seen:
-            g = groups[r // positions]
-        for c in range(C):
-            v = y[r, c] + bias[c]
-            if has_seen and v > 0:
-                seen[g, p * ssp + c * ssc] = 1
-            v = apply_activation(v, code, p0, p1, p2)
-            if has_mask and mask[p * msp + c * msc] == 0:
-                v = 0.0
-            y[r, c] = v
+            s = seen[groups[r // positions]]
+            for c in range(C):
+                if y[r, c] + bias[c] > 0:
+                    s[p * ssp + c * ssc] = 1
+        if plain_relu:
+            for c in range(C):
+                y[r, c] = max(y[r, c] + bias[c], np.float32(0.0))
+        elif code == 0:
+            for c in range(C):
+                y[r, c] += bias[c]
+        else:
+            for c in range(C):
+                y[r, c] = apply_activation(y[r, c] + bias[c], code, p0, p1, p2)
+        if has_mask:
+            for c in range(C):
+                if mask[p * msp + c * msc] == 0:
+                    y[r, c] = 0.0

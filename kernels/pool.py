@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from .threads import parallel_blocks
 
 from .windows import geometry
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def _pool(x, out, KH, KW, sh, sw, pt, pl, is_max):
     n, H, W, C = x.shape
     OH, OW = out.shape[1], out.shape[2]
-    for t in prange(n * OH):
+    for t in range(n * OH):
         b = t // OH
         oh = t % OH
         h0 = max(oh * sh - pt, 0)
@@ -41,5 +43,10 @@ def pool2d(x, pool, strides, padding, is_max: bool) -> np.ndarray:
     """Pool an NHWC float32 batch."""
     (oh, pt, _), (ow, pl, _) = geometry(x.shape[1:3], pool, strides, padding)
     out = np.empty((x.shape[0], oh, ow, x.shape[3]), np.float32)
-    _pool(np.ascontiguousarray(x), out, pool[0], pool[1], strides[0], strides[1], pt, pl, is_max)
+    x = np.ascontiguousarray(x)
+
+    def block(b0, b1):
+        _pool(x[b0:b1], out[b0:b1], pool[0], pool[1], strides[0], strides[1], pt, pl, is_max)
+
+    parallel_blocks(block, x.shape[0])
     return out

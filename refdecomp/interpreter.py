@@ -8,6 +8,7 @@ kept. Convolution, dense, pooling and add run on the Numba kernels in `kernels/`
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -100,14 +101,26 @@ class Model:
         groups = self._check_groups(groups, recorder, n)
         results = [np.empty((n, *self.graph[m].shape), dtype=np.float32) for m in out_names]
         starts = range(0, n, batch_size)
-        for start in _progress(starts, progress, total=len(starts)):
+        with self._parallel():
+            self._stream(xs, n, batch_size, masks, recorder, groups, out_names, results,
+                         _progress(starts, progress, total=len(starts)))
+        return results
+
+    def _parallel(self):
+        """Kernels split batches over worker threads (single-threaded BLAS each)."""
+        if self.engine == "numba":
+            from kernels.threads import blas_single_threaded  # noqa: PLC0415
+            return blas_single_threaded()
+        return contextlib.nullcontext()
+
+    def _stream(self, xs, n, batch_size, masks, recorder, groups, out_names, results, starts):
+        for start in starts:
             stop = min(start + batch_size, n)
             batch = [a[start:stop] for a in xs]
             g = None if groups is None else groups[start:stop]
             values = self._executor(batch, masks, recorder, g, out_names)
             for res, name in zip(results, out_names):
                 res[start:stop] = values[name]
-        return results
 
     def summary(self) -> str:
         """Text table of the source graph: layer, class, output shape, parameters, MACs."""
