@@ -518,12 +518,14 @@ def _is_tar(path: Path) -> bool:
 
 
 def _tar_is_cifar_python(path: Path) -> bool:
+    """True for a CIFAR python tarball, False for an image-folder tree (first evidence wins)."""
     try:
         with tarfile.open(path, "r:*") as tar:
             for m in tar:
-                if Path(m.name).name in ("data_batch_1", "meta", "batches.meta"):
+                parts = m.name.split("/")
+                if parts[-1] in ("data_batch_1", "test_batch", "meta", "batches.meta"):
                     return True
-                if m.isfile() and Path(m.name).suffix:  # reached an image or csv: a folder tree
+                if m.isfile() and len(parts) >= 3 and parts[-3] in SPLITS:
                     return False
     except (tarfile.TarError, OSError, EOFError):
         return False

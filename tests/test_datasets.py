@@ -47,6 +47,7 @@ def write_fake_cifar10(path: Path, rng, per_batch=3):
     writes bytes through _codecs.encode, which the canonical Python 2 files never use.)"""
     images, labels = {}, {}
     with tarfile.open(path, "w:gz") as tar:
+        _add(tar, "cifar-10-batches-py/readme.html", b"<html></html>")  # as the real one has
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
             x = rng.integers(0, 256, size=(per_batch, 32, 32, 3), dtype=np.uint8)
             y = rng.integers(0, 10, size=per_batch).tolist()
