@@ -38,6 +38,17 @@ def im2col(x, cols, img0, n_img, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW):
                             cols[r, base + ci] = 0.0
 
 
+_BUFFERS = threading.local()
+
+
+def _cols_buffer(size: int) -> np.ndarray:
+    """This thread's reused im2col buffer (layers run one after another within a thread)."""
+    buf = getattr(_BUFFERS, "cols", None)
+    if buf is None or buf.size < size:
+        buf = _BUFFERS.cols = np.empty(max(size, CHUNK_FLOATS), np.float32)
+    return buf[:size]
+
+
 class Conv2D:
     """A convolution bound to its weights; call with an NHWC float32 batch."""
 
@@ -49,13 +60,6 @@ class Conv2D:
             np.ascontiguousarray(bias, dtype=np.float32)
         self.strides, self.padding, self.dilation = tuple(strides), padding, tuple(dilation)
         self.act = act
-        self._buffers = threading.local()     # one reused im2col buffer per worker thread
-
-    def _cols(self, rows: int, kdim: int) -> np.ndarray:
-        buf = getattr(self._buffers, "cols", None)
-        if buf is None or buf.shape[0] < rows:
-            buf = self._buffers.cols = np.empty((rows, kdim), np.float32)
-        return buf[:rows]
 
     def __call__(self, x, mask, msp, msc, seen, ssp, ssc, groups):
         n, H, W, cin = x.shape
@@ -74,7 +78,7 @@ class Conv2D:
                 if direct:
                     cols = x[i0:i0 + m].reshape(m * P, cin)
                 else:
-                    cols = self._cols(m * P, kdim)
+                    cols = _cols_buffer(m * P * kdim).reshape(m * P, kdim)
                     im2col(x, cols, i0, m, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
                 np.matmul(cols, self.k2, out=out[rows])
                 epilogue(out[rows], self.bias, *self.act, P, mask, msp, msc, seen, ssp, ssc,

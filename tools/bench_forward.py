@@ -30,14 +30,16 @@ from refdecomp import load_model  # noqa: E402
 from refdecomp.interpreter import Recorder  # noqa: E402
 
 
-def _best(fn, repeats: int) -> float:
-    """Best wall time of `repeats` calls (after the caller's warm-up)."""
-    times = []
+def _best_interleaved(fns, repeats: int) -> list[float]:
+    """Best wall time of each function over `repeats` rounds, the functions taking turns in
+    every round so that a change in machine load affects all of them alike."""
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return best
 
 
 def build_keras(batch_norm: bool, seed: int):
@@ -84,9 +86,8 @@ def bench(batch_norm: bool, n_images: int, batch_size: int, repeats: int, seed: 
 
     for fn in (keras_predict, ref_predict, ref_record):
         fn()                                    # warm-up: JIT compile, TF graph tracing
-    t_keras = _best(keras_predict, repeats)
-    t_pred = _best(ref_predict, repeats)
-    t_rec = _best(ref_record, repeats)
+    t_keras, t_pred, t_rec = _best_interleaved([keras_predict, ref_predict, ref_record],
+                                               repeats)
     macs = model.macs()
     return dict(variant="with batch norm" if batch_norm else "no batch norm (paper)",
                 macs=macs, max_abs_diff=diff, argmax_agree=agree,
