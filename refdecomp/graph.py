@@ -23,7 +23,7 @@ avg_pool2d         pool (2), strides (2), padding, data_format                  
                    (Keras `same`: padded cells are not counted in the mean)
 global_avg_pool2d  data_format, keepdims                                         -
 global_max_pool2d  data_format, keepdims                                         -
-flatten            data_format (channels_first: permute to C,H,W before flatten) -
+flatten            data_format (channels_first: move C last, as Keras does)       -
 reshape            target_shape (tuple, may hold one -1)                         -
 add                -                                                             -
 concatenate        axis (negative or positive, counted *with* the batch axis)    -
