@@ -181,3 +181,26 @@ def test_streaming_memory_does_not_grow_with_images():
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < 1.5 * peaks[0] + 64 * 1024, peaks
+
+
+def test_flatten_channels_first_uses_channels_last_order():
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    node = Node("f", "flatten", ["x"], (60,), {"data_format": "channels_first"})
+    y = Model(single(node, (3, 4, 5))).predict(x)
+    np.testing.assert_array_equal(y, x.transpose(0, 2, 3, 1).reshape(2, -1))
+
+
+@pytest.mark.parametrize("axis", [1, 2, 3, -1])
+def test_batch_norm_any_axis(axis):
+    rng = np.random.default_rng(axis % 7)
+    shape = (3, 4, 5)
+    bn = bn_node("bn", "x", shape, axis, rng)
+    x = rng.standard_normal((2, *shape)).astype(np.float32)
+    y = Model(single(bn, shape)).predict(x)
+    w = {k: v.astype(np.float64) for k, v in bn.weights.items()}
+    bshape = [1, 1, 1, 1]
+    bshape[axis] = -1
+    want = (x - w["moving_mean"].reshape(bshape)) / np.sqrt(
+        w["moving_variance"].reshape(bshape) + 1e-3) * w["gamma"].reshape(bshape) \
+        + w["beta"].reshape(bshape)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
