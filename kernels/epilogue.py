@@ -124,10 +124,14 @@ def epilogue(y, bias, code, p0, p1, p2, positions, mask, msp, msc, seen, ssp, ss
     for r in range(rows):
         p = r % positions
         if has_seen:
-            s = seen[groups[r // positions]]
-            for c in range(C):
-                if y[r, c] + bias[c] > 0:
-                    s[p * ssp + c * ssc] = 1
+            g = groups[r // positions]
+            base = p * ssp
+            if ssc == 1:           # branch-free (signs are unpredictable) and contiguous
+                for c in range(C):
+                    seen[g, base + c] |= np.uint8(y[r, c] + bias[c] > 0)
+            else:
+                for c in range(C):
+                    seen[g, base + c * ssc] |= np.uint8(y[r, c] + bias[c] > 0)
         if plain_relu:
             for c in range(C):
                 y[r, c] = max(y[r, c] + bias[c], np.float32(0.0))

@@ -12,6 +12,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 _POOL: ThreadPoolExecutor | None = None
+BLOCKS_PER_WORKER = 4
 _STATE = threading.local()
 _LOCK = threading.Lock()
 
@@ -54,7 +55,7 @@ def parallel_blocks(fn, n: int) -> None:
     with _LOCK:
         if _POOL is None:
             _POOL = ThreadPoolExecutor(max_workers=w, thread_name_prefix="refdecomp")
-    blocks = min(n, w)
+    blocks = min(n, BLOCKS_PER_WORKER * w)     # several per worker: balances uneven load
     bounds = [n * i // blocks for i in range(blocks + 1)]
     futures = [_POOL.submit(fn, bounds[i], bounds[i + 1]) for i in range(blocks)]
     for f in futures:
