@@ -174,6 +174,19 @@ def _draw_batch_norm(draw, shape, fmt, dialect):
     return spec, shape
 
 
+def _draw_normalization(draw, shape, fmt, dialect):
+    """Keras's preprocessing Normalization: per-channel, last-axis, or over several axes (its
+    mean / variance then have those axes' sizes); values are set by randomize_weights."""
+    rank = len(shape) + 1
+    if len(shape) == 3:
+        ch = _channel_axis(fmt)
+        axis = draw(st.sampled_from([ch, -1]) | st.lists(
+            st.integers(1, rank - 1), min_size=1, max_size=2, unique=True).map(tuple))
+    else:
+        axis = -1
+    return LayerSpec("normalization", dict(axis=axis)), shape
+
+
 def _draw_activation_layer(draw, shape, fmt, dialect):
     kind = draw(st.sampled_from(["relu", "leaky_relu", "prelu", "activation", "softmax"]))
     rank = len(shape) + 1
@@ -236,8 +249,10 @@ def _draw_reshape(draw, shape, fmt, dialect):
 _IMAGE_LAYERS = (
     (_draw_conv, 5), (_draw_pool, 2), (_draw_batch_norm, 2), (_draw_activation_layer, 2),
     (_draw_rescaling, 1), (_draw_dropout, 1), (_draw_zero_pad, 1), (_draw_reshape, 1),
+    (_draw_normalization, 1),
 )
-_VECTOR_LAYERS = (_draw_batch_norm, _draw_activation_layer, _draw_rescaling, _draw_dropout)
+_VECTOR_LAYERS = (_draw_batch_norm, _draw_activation_layer, _draw_rescaling, _draw_dropout,
+                  _draw_normalization)
 
 
 def _draw_weighted(draw, table):
@@ -409,7 +424,7 @@ def make_layer(K, spec: LayerSpec):
         "global_avg_pool": L.GlobalAveragePooling2D, "global_max_pool": L.GlobalMaxPooling2D,
         "dense": L.Dense, "dropout": L.Dropout, "spatial_dropout": L.SpatialDropout2D,
         "gaussian_noise": L.GaussianNoise, "gaussian_dropout": L.GaussianDropout,
-        "alpha_dropout": L.AlphaDropout,
+        "alpha_dropout": L.AlphaDropout, "normalization": L.Normalization,
     }
     if kind == "leaky_relu":
         slope = p.pop("negative_slope")
@@ -418,66 +433,125 @@ def make_layer(K, spec: LayerSpec):
     return simple[kind](**p)
 
 
-def _apply_blocks(K, blocks: list[Block], x):
-    for block in blocks:
-        if block.kind == "layer":
-            x = make_layer(K, block.layer)(x)
-        elif block.kind == "shared":
-            layer = make_layer(K, block.layer)
-            x = layer(layer(x))
-        else:
-            outs = []
-            for branch in block.branches:
-                y = x
-                for spec in branch:
-                    y = make_layer(K, spec)(y)
-                outs.append(y)
-            merge = K.layers.Add() if block.kind == "add" else K.layers.Concatenate(axis=block.axis)
-            x = merge(outs)
-    return x
+# Layers whose computation depends on data_format: the channels_last twin runs them between
+# Permutes instead (see Builder).
+_LAYOUT_KINDS = frozenset({"conv", "max_pool", "avg_pool", "zero_pad", "global_avg_pool",
+                           "global_max_pool", "flatten", "spatial_dropout"})
 
 
-def build_model(K, spec: ModelSpec):
-    """The Keras model for `spec` (weights still Keras's initial ones: see randomize_weights)."""
-    if not spec.functional:
-        layers = [make_layer(K, b.layer) for b in spec.blocks]
-        return K.Sequential([K.Input(shape=spec.input_shape), *layers])
+class Builder:
+    """Builds the model of a spec; remembers the Keras layer made for each LayerSpec.
+
+    With `twin=True` it builds the *channels_last twin* of a channels_first spec: the same
+    function, with the tensors kept in (C, H, W) layout and every layout-dependent layer run as
+    Permute -> channels_last layer -> Permute (Flatten and global pooling: Permute, then the
+    channels_last layer, which is how Keras defines them for channels_first). The twin never
+    uses TensorFlow's NCHW kernels, so it is an oracle for channels_first models independent of
+    them; `copy_weights` gives it the original's weights.
+    """
+
+    def __init__(self, K, twin: bool = False):
+        self.K, self.twin = K, twin
+        self.layers: dict[int, Any] = {}
+
+    def _via_permute(self, spec: LayerSpec) -> bool:
+        return (self.twin and spec.kind in _LAYOUT_KINDS
+                and spec.params.get("data_format") == "channels_first")
+
+    def __call__(self, spec: LayerSpec, x):
+        """Apply the (one, possibly shared) layer of `spec` to tensor `x`."""
+        layer = self.layers.get(id(spec))
+        via = self._via_permute(spec)
+        if layer is None:
+            made = LayerSpec(spec.kind, dict(spec.params, data_format="channels_last")) if via else spec
+            layer = self.layers[id(spec)] = make_layer(self.K, made)
+        if not via:
+            return layer(x)
+        P = self.K.layers.Permute
+        y = layer(P((2, 3, 1))(x))
+        return P((3, 1, 2))(y) if len(y.shape) == 4 else y
+
+    def blocks(self, blocks: list[Block], x):
+        for block in blocks:
+            if block.kind == "layer":
+                x = self(block.layer, x)
+            elif block.kind == "shared":
+                x = self(block.layer, self(block.layer, x))
+            else:
+                outs = []
+                for branch in block.branches:
+                    y = x
+                    for spec in branch:
+                        y = self(spec, y)
+                    outs.append(y)
+                merge = (self.K.layers.Add() if block.kind == "add"
+                         else self.K.layers.Concatenate(axis=block.axis))
+                x = merge(outs)
+        return x
+
+
+def build_model(K, spec: ModelSpec, builder: Builder | None = None):
+    """The Keras model for `spec` (weights still Keras's initial ones: see randomize_weights).
+    A twin builder gives a flat Functional model of the same function."""
+    b = builder or Builder(K)
+    if not spec.functional and not b.twin:
+        return K.Sequential([K.Input(shape=spec.input_shape),
+                             *(b.layers.setdefault(id(bl.layer), make_layer(K, bl.layer))
+                               for bl in spec.blocks)])
     inp = K.Input(shape=spec.input_shape)
     blocks = spec.blocks
-    if spec.nest is None:
-        return K.Model(inp, _apply_blocks(K, blocks, inp))
+    if spec.nest is None or b.twin:
+        return K.Model(inp, b.blocks(blocks, inp))
     start, stop = spec.nest
-    x = _apply_blocks(K, blocks[:start], inp)
+    x = b.blocks(blocks[:start], inp)
     inner_in = K.Input(shape=tuple(x.shape[1:]))
     inner_blocks = blocks[start:stop]
-    if all(b.kind == "layer" for b in inner_blocks):
-        inner = K.Sequential([inner_in, *(make_layer(K, b.layer) for b in inner_blocks)])
+    if all(bl.kind == "layer" for bl in inner_blocks):
+        inner = K.Sequential([inner_in, *(b.layers.setdefault(id(bl.layer), make_layer(K, bl.layer))
+                                          for bl in inner_blocks)])
     else:
-        inner = K.Model(inner_in, _apply_blocks(K, inner_blocks, inner_in))
-    x = _apply_blocks(K, blocks[stop:], inner(x))
-    return K.Model(inp, x)
+        inner = K.Model(inner_in, b.blocks(inner_blocks, inner_in))
+    return K.Model(inp, b.blocks(blocks[stop:], inner(x)))
 
 
-def build_multi_io(K, spec: MultiIOSpec):
+def _multi_io_heads(spec: MultiIOSpec) -> dict[str, LayerSpec]:
+    """The fixed layers of a MultiIOSpec (kept per spec so that a twin can share them)."""
+    return spec.__dict__.setdefault("_heads", dict(
+        vector=LayerSpec("dense", dict(units=spec.vector_units, activation="relu")),
+        classes=LayerSpec("dense", dict(units=spec.classes, activation="softmax")),
+        map=LayerSpec("conv", dict(filters=2, kernel_size=1, activation="tanh",
+                                   data_format=spec.data_format)),
+        score=LayerSpec("dense", dict(units=3, activation="sigmoid")),
+    ))
+
+
+def build_multi_io(K, spec: MultiIOSpec, builder: Builder | None = None):
     """Two-input, two-output Functional model for `spec`."""
-    L = K.layers
+    b = builder or Builder(K)
+    heads = _multi_io_heads(spec)
     image = K.Input(shape=spec.image_shape, name="image")
     vector = K.Input(shape=(spec.vector_size,), name="vector")
     x = image
     for layer in spec.trunk:
-        x = make_layer(K, layer)(x)
+        x = b(layer, x)
     trunk_out = x
-    x = make_layer(K, spec.pool)(x)
-    v = L.Dense(spec.vector_units, activation="relu")(vector)
-    joint = L.Concatenate()([x, v])
-    out1 = L.Dense(spec.classes, activation="softmax", name="classes")(joint)
+    joint = K.layers.Concatenate()([b(spec.pool, x), b(heads["vector"], vector)])
+    out1 = b(heads["classes"], joint)
     if spec.second_output == "image":
-        out2 = L.Conv2D(2, 1, activation="tanh", data_format=spec.data_format, name="map")(trunk_out)
+        out2 = b(heads["map"], trunk_out)
     else:
-        out2 = L.Dense(3, activation="sigmoid", name="score")(vector)
+        out2 = b(heads["score"], vector)
     inputs = [vector, image] if spec.swap_inputs else [image, vector]
     outputs = [out2, out1] if spec.swap_outputs else [out1, out2]
     return K.Model(inputs, outputs)
+
+
+def copy_weights(source: Builder, target: Builder) -> None:
+    """Give every layer `target` made the weights of the layer `source` made for the same spec."""
+    for key, layer in target.layers.items():
+        layer.set_weights(source.layers[key].get_weights())
+        if layer.__class__.__name__ == "Normalization":
+            layer.finalize_state()
 
 
 def _variable_name(v) -> str:
@@ -489,7 +563,8 @@ def _variable_name(v) -> str:
 def randomize_weights(model, seed: int) -> None:
     """Give every variable random values of its kind: kernels ~ N(0, 1/fan_in), biases and
     betas ~ N(0, 0.2^2), gammas in [0.5, 1.5], moving means ~ N(0, 0.5^2), moving variances in
-    [0.3, 2], PReLU slopes in [-0.3, 0.6]. Keras's initial moving statistics (0 and 1) would hide
+    [0.3, 2], PReLU slopes in [-0.3, 0.6], Normalization means ~ N(0, 0.5^2) and variances in
+    [0.3, 2]. Keras's initial moving statistics (0 and 1) would hide
     a reader that ignores them."""
     rng = np.random.default_rng(seed)
     for v in model.weights:
@@ -508,9 +583,24 @@ def randomize_weights(model, seed: int) -> None:
             value = rng.uniform(-0.3, 0.6, shape)
         elif name in ("bias", "beta"):
             value = rng.normal(0.0, 0.2, shape)
+        elif name == "mean":          # Normalization
+            value = rng.normal(0.0, 0.5, shape)
+        elif name == "variance":
+            value = rng.uniform(0.3, 2.0, shape)
         else:
             continue
         v.assign(value.astype(np.float32))
+    _finalize_normalization(model)
+
+
+def _finalize_normalization(model) -> None:
+    """Normalization layers compute with copies of their mean / variance variables made by
+    `finalize_state()` (as after `adapt` or loading): refresh them after assigning."""
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            _finalize_normalization(layer)
+        elif layer.__class__.__name__ == "Normalization":
+            layer.finalize_state()
 
 
 def random_inputs(shapes: list[tuple[int, ...]], seed: int) -> list[np.ndarray]:
