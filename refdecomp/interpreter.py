@@ -9,7 +9,7 @@ kept. Convolution, dense, pooling and add run on the Numba kernels in `kernels/`
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 

@@ -28,7 +28,9 @@ conv_cases = st.fixed_dictionaries({
 })
 
 
-def _conv_setup(c, activation=ref.LINEAR if hasattr(ref, "LINEAR") else {"name": "linear"}):
+def _conv_setup(c, activation=None):
+    """A random conv2d node for case `c`, its input shape, a random batch and the generator."""
+    activation = activation or {"name": "linear"}
     rng = np.random.default_rng(c["seed"])
     cf = c["data_format"] == "channels_first"
     in_shape = (c["cin"], c["h"], c["w"]) if cf else (c["h"], c["w"], c["cin"])
