@@ -74,6 +74,12 @@ def bench(batch_norm: bool, n_images: int, batch_size: int, repeats: int, seed: 
     theirs = kmodel.predict(x[:batch_size], batch_size=batch_size, verbose=0)
     diff = float(np.abs(ours - theirs).max())
     agree = float(np.mean(ours.argmax(1) == theirs.argmax(1)))
+    # softmax can saturate: also compare the features entering the classifier
+    import keras
+    feats = keras.Model(kmodel.inputs, kmodel.get_layer("flatten").output)
+    f_theirs = feats.predict(x[:batch_size], batch_size=batch_size, verbose=0)
+    f_ours = model.layer_outputs(x[:batch_size], ["flatten"])["flatten"]
+    feat_rel = float(np.abs(f_ours - f_theirs).max() / max(np.abs(f_theirs).max(), 1e-30))
 
     def keras_predict():
         kmodel.predict(x, batch_size=batch_size, verbose=0)
@@ -90,7 +96,7 @@ def bench(batch_norm: bool, n_images: int, batch_size: int, repeats: int, seed: 
                                                repeats)
     macs = model.macs()
     return dict(variant="with batch norm" if batch_norm else "no batch norm (paper)",
-                macs=macs, max_abs_diff=diff, argmax_agree=agree,
+                macs=macs, max_abs_diff=diff, argmax_agree=agree, feature_rel_diff=feat_rel,
                 keras=n_images / t_keras, predict=n_images / t_pred, record=n_images / t_rec)
 
 
@@ -109,7 +115,8 @@ def main(argv=None) -> int:
         r = bench(bn, args.images, args.batch_size, args.repeats, args.seed)
         gf = 2 * r["macs"] / 1e9
         print(f"\n[{r['variant']}] {r['macs'] / 1e6:.1f} M MACs/image; outputs vs Keras: "
-              f"max |diff| {r['max_abs_diff']:.2e}, argmax agreement {r['argmax_agree']:.3f}")
+              f"max |diff| {r['max_abs_diff']:.2e}, argmax agreement {r['argmax_agree']:.3f}, "
+              f"features max rel. diff {r['feature_rel_diff']:.2e}")
         for key, label in (("keras", "Keras/TF predict"), ("predict", "refdecomp predict"),
                            ("record", "refdecomp predict + recording (20 groups)")):
             print(f"  {label:44s} {r[key]:8.1f} images/s  {r[key] * gf:6.1f} GFLOP/s  "
