@@ -111,12 +111,69 @@ def apply_activation(v, code, p0, p1, p2):
     return v
 
 
+#: floats per block of the flat epilogue: a multiple of the channel count, at least this long so
+#: that the inner loops are long enough to vectorise, short enough to stay in L1 between passes.
+FLAT_BLOCK = 512
+
+
 @njit(nogil=True, cache=True)
 def epilogue(y, bias, code, p0, p1, p2, positions, mask, msp, msc, seen, ssp, ssc, groups):
     """In place on y (rows, C): y = act(y + bias) * mask, and seen[group, p*ssp + c*ssc] = 1
     where y + bias > 0. `positions` = rows per image; empty `mask` / `seen` disable them;
     `groups[i]` is the group of the chunk's i-th image. Serial and GIL-free: callers run
     chunks on several threads."""
+    C = y.shape[1]
+    if (seen.shape[0] == 0 or (ssc == 1 and ssp == C)) and \
+            (mask.shape[0] == 0 or (msc == 1 and msp == C)):
+        _epilogue_flat(y, bias, code, p0, p1, p2, positions, mask, seen, groups)
+    else:
+        _epilogue_rows(y, bias, code, p0, p1, p2, positions, mask, msp, msc, seen, ssp, ssc,
+                       groups)
+
+
+@njit(nogil=True, cache=True)
+def _epilogue_flat(y, bias, code, p0, p1, p2, positions, mask, seen, groups):
+    """The epilogue when mask and bit maps are laid out like an image of y (channels last):
+    each image is one flat run of positions * C floats, processed in blocks of a multiple of C
+    with simple passes (bias, record, activate, mask) that vectorise."""
+    rows, C = y.shape
+    has_mask = mask.shape[0] > 0
+    has_seen = seen.shape[0] > 0
+    plain_relu = code == 1 and p0 == math.inf and p1 == 0.0 and p2 == 0.0
+    T = C * max(1, FLAT_BLOCK // C)
+    bt = np.empty(T, np.float32)                 # bias tiled over a block
+    for k in range(T):
+        bt[k] = bias[k % C]
+    L = positions * C
+    yf = y.reshape(-1)
+    for i in range(rows // positions):
+        img = yf[i * L:(i + 1) * L]
+        s = seen[groups[i]] if has_seen else seen.reshape(-1)
+        for e0 in range(0, L, T):
+            v = img[e0:min(e0 + T, L)]
+            n = v.shape[0]
+            for k in range(n):
+                v[k] += bt[k]
+            if has_seen:
+                sv = s[e0:e0 + n]
+                for k in range(n):
+                    sv[k] |= np.uint8(v[k] > np.float32(0.0))
+            if plain_relu:
+                for k in range(n):
+                    v[k] = max(v[k], np.float32(0.0))
+            elif code != 0:
+                for k in range(n):
+                    v[k] = apply_activation(v[k], code, p0, p1, p2)
+            if has_mask:
+                mv = mask[e0:e0 + n]
+                for k in range(n):
+                    if mv[k] == 0:
+                        v[k] = 0.0
+
+
+@njit(nogil=True, cache=True)
+def _epilogue_rows(y, bias, code, p0, p1, p2, positions, mask, msp, msc, seen, ssp, ssc, groups):
+    """The epilogue for any mask / bit map layout (channels first: strided addressing)."""
     rows, C = y.shape
     has_mask = mask.shape[0] > 0
     has_seen = seen.shape[0] > 0

@@ -233,3 +233,35 @@ def test_threaded_blocks_match_single_thread(monkeypatch):
     np.testing.assert_array_equal(results[0][1], results[1][1])
     np.testing.assert_array_equal(results[1][1], _brute_seen(ref.conv2d_linear(node, x),
                                                              groups, 4))
+
+
+@FAST
+@given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 70), st.sampled_from(ACTIVATIONS),
+       st.booleans(), st.booleans(), st.integers(0, 2**16))
+def test_epilogue_flat_and_strided_layouts_agree_with_numpy(n, positions, channels, act, masked,
+                                                            recorded, seed):
+    """The epilogue's contiguous (channels-last) fast path and its strided path give the same
+    outputs and bit maps as a NumPy formulation, for blocks that do and do not divide evenly."""
+    from kernels.epilogue import _epilogue_rows, epilogue
+    rng = np.random.default_rng(seed)
+    y = rng.standard_normal((n * positions, channels)).astype(np.float32)
+    bias = rng.standard_normal(channels).astype(np.float32)
+    code = activation_code(act)
+    groups = rng.integers(0, 3, n).astype(np.int32)
+    mask = (rng.random(positions * channels) > 0.3).astype(np.uint8) if masked \
+        else np.empty(0, np.uint8)
+    seen_shape = (3, positions * channels) if recorded else (0, 0)
+    pre = (y + bias).reshape(n, positions * channels)
+    want_y = ref.activate(pre, act).astype(np.float32)
+    if masked:
+        want_y = want_y * mask
+    outs = []
+    for fn in (epilogue, _epilogue_rows):
+        yy, seen = y.copy(), np.zeros(seen_shape, np.uint8)
+        fn(yy, bias, *code, positions, mask, channels, 1, seen, channels, 1, groups)
+        outs.append((yy, seen))
+        np.testing.assert_allclose(yy.reshape(n, -1), want_y, rtol=1e-5, atol=1e-6)
+        if recorded:
+            np.testing.assert_array_equal(seen, _brute_seen(pre, groups, 3))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
