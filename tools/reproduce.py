@@ -65,9 +65,13 @@ def train_from_scratch(picks, args, tag: str) -> dict:
         cmd = [sys.executable, str(ROOT / "tools" / "train.py"), "--dataset", str(npz),
                "--arch", args.tma_arch, "--epochs", str(args.tma_epochs), "--out", str(out),
                "--checkpoint-dir", str(Path(tmp) / "ckpt"), "--seed", str(args.seed),
-               "--no-manifest", *args.tma_extra]
+               "--manifest", str(Path(tmp) / "MANIFEST.json"), *args.tma_extra]
         with Measurement(f"train-{tag}") as m:
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True)
+            if done.returncode:
+                sys.exit(f"training from scratch failed ({' '.join(cmd)}):\n"
+                         f"{done.stderr[-3000:]}")
             probs = load_model(out).predict(x_te.astype(np.float32))
         return {"TMA": metrics.top_k_accuracy(probs, y_te, 1), "train_cost": m.report}
 
