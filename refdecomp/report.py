@@ -34,7 +34,7 @@ _command: str | None = None
 def set_command(argv: Sequence[str], prog: str = "refdecomp") -> None:
     """Record the command being run (the command line calls this with its arguments)."""
     global _command
-    _command = " ".join(shlex.quote(a) for a in [prog, *argv])
+    _command = " ".join([prog, *(shlex.quote(a) for a in argv)])
 
 
 def command_line() -> str:
