@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import RefdecompError
-from .report import markdown_table, print_json, write_report
+from .report import markdown_table, print_json
 
 DEFAULT_DEMO_MODEL = Path(__file__).resolve().parent.parent / "weights" / "digits_cnn.h5"
 

@@ -33,7 +33,6 @@ import os
 import pickle
 import struct
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -44,6 +43,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .errors import DataError
+from .fileio import atomic_path, file_digest
 
 __all__ = [
     "Dataset",
@@ -459,18 +459,8 @@ def load_digits() -> Dataset:
 # --------------------------------------------------------------------------- files, cache
 
 def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def _stem(path: Path) -> str:
@@ -642,11 +632,7 @@ def search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
 
 
 def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 def _download(src: _Source, timeout: float = 60.0) -> Path:

@@ -40,8 +40,8 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+def write_json(path: str | os.PathLike, obj: Any, sort_keys: bool = False) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=_jsonable) + "\n")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -56,9 +56,14 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file's bytes, read in chunks (md5 only to check published checksums)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    return file_digest(path, "sha256")

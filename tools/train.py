@@ -23,14 +23,12 @@ This is a tool: the refdecomp library never imports it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +39,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "tools"))
 
 from refdecomp.datasets import Dataset, load_dataset  # noqa: E402
+from refdecomp.fileio import sha256_file, write_json  # noqa: E402
 
 # Prefer JAX (GPU) when it is installed and no backend was chosen; else Keras's default.
 if "KERAS_BACKEND" not in os.environ:
@@ -85,22 +84,8 @@ def topk(probs: np.ndarray, y: np.ndarray, k: int) -> float:
 
 # --------------------------------------------------------------------------- files
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def atomic_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_json(path, obj, sort_keys=True)
 
 
 def atomic_save(model, path: Path, **kwargs) -> None:
@@ -157,7 +142,7 @@ def record(path: Path, ds: Dataset, entry: dict, keras_probs: np.ndarray | None,
     """Measure `path` and write its entry in `manifest_path` (merged into an existing one)."""
     manifest = load_manifest(manifest_path)
     old = manifest["models"].get(path.name, {})
-    e = {**old, **entry, "file": path.name, "sha256": sha256(path),
+    e = {**old, **entry, "file": path.name, "sha256": sha256_file(path),
          "size_bytes": path.stat().st_size}
     if keras_probs is not None:
         e["keras_test_top1"] = topk(keras_probs, ds.y_test, 1)
