@@ -60,7 +60,8 @@ class Model:
             self.graph, self.name_map = optimize(graph)
         else:
             self.graph, self.name_map = graph, {n.name: n.name for n in graph}
-        self._executor = _make_executor(self.graph, engine)
+        # Graphs with open input dimensions are compiled per concrete shape in `run`.
+        self._executor = None if self._open_dims() else _make_executor(self.graph, engine)
         self._audit: Model | None = None
 
     # -- public API ----------------------------------------------------------------------
@@ -88,6 +89,10 @@ class Model:
         """Stream `x` through the graph in batches. Returns the arrays of `outputs` (execution
         node names; default the graph outputs) for all images, in order."""
         xs = self._check_inputs(x)
+        if self._open_dims():
+            return self._specialised([a.shape[1:] for a in xs]).run(
+                xs, batch_size, masks=masks, recorder=recorder, groups=groups, outputs=outputs,
+                progress=progress)
         n = len(xs[0]) if xs else 0
         batch_size = int(batch_size)
         if batch_size < 1:
@@ -135,7 +140,9 @@ class Model:
         total_p = sum(n.n_params() for n in self.source_graph)
         lines = [f"Model: {self.source_graph.name}", rule, lines[0], rule, *lines[1:], rule,
                  f"Total params: {total_p:,}",
-                 f"Total multiply-accumulates per image: {self.macs():,}"]
+                 f"Total multiply-accumulates per image: {self.macs():,}"
+                 + (" (per output position: the input has open dimensions)"
+                    if self._open_dims() else "")]
         folded = [s for s, e in self.name_map.items() if s != e]
         if folded:
             lines.append(f"Folded into their producers for execution: {', '.join(folded)}")
@@ -144,6 +151,21 @@ class Model:
     def macs(self) -> int:
         """Multiply-accumulates per image of all conv2d and dense layers."""
         return sum(node_macs(self.source_graph, n) for n in self.source_graph)
+
+    # -- open dimensions (e.g. fully convolutional files with input shape (None, None, 3)) --
+    def _open_dims(self) -> bool:
+        return any(d is None for name in self.graph.inputs for d in self.graph[name].shape)
+
+    def _specialised(self, shapes) -> "Model":
+        """The same model with its open input dimensions fixed to `shapes` (cached per shape)."""
+        from .reader.shapes import with_input_shapes
+
+        key = tuple(tuple(int(d) for d in s) for s in shapes)
+        cache = self.__dict__.setdefault("_by_shape", {})
+        if key not in cache:
+            cache[key] = Model(with_input_shapes(self.source_graph, list(key)), fold=self.fold,
+                               engine=self.engine)
+        return cache[key]
 
     # -- checks --------------------------------------------------------------------------
     def _check_inputs(self, x) -> list[np.ndarray]:
@@ -207,7 +229,10 @@ class Model:
 
 
 def node_macs(graph: Graph, node: Node) -> int:
-    """Multiply-accumulates per image: conv OH*OW*KH*KW*Cin*Cout, dense in*out per position."""
+    """Multiply-accumulates per image: conv OH*OW*KH*KW*Cin*Cout, dense in*out per position.
+    Open dimensions (None) count as 1: the figure is then per output position."""
+    if any(d is None for d in node.shape):
+        node = node.replace(shape=tuple(1 if d is None else d for d in node.shape))
     if node.op == "conv2d":
         kh, kw, cin, cout = node.weights["kernel"].shape
         spatial = node.shape[1:] if node.attrs.get("data_format") == "channels_first" \

@@ -204,3 +204,21 @@ def test_batch_norm_any_axis(axis):
         w["moving_variance"].reshape(bshape) + 1e-3) * w["gamma"].reshape(bshape) \
         + w["beta"].reshape(bshape)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+
+
+def test_open_input_dimensions_are_fixed_per_batch_shape():
+    """A fully convolutional graph whose file leaves H and W open runs on any image size and
+    equals the same graph built with those sizes fixed."""
+    rng = np.random.default_rng(3)
+    fixed_c = conv_node("c", "x", (9, 7, 2), 3, (3, 3), (2, 2), "same", activation=RELU, rng=rng)
+    open_c = fixed_c.replace(shape=(None, None, 3))
+    open_graph = Graph([Node("x", "input", [], (None, None, 2)), open_c], ["x"], ["c"])
+    model = Model(open_graph)
+    for h, w in [(9, 7), (6, 11)]:
+        x = rng.standard_normal((2, h, w, 2)).astype(np.float32)
+        c = conv_node("c", "x", (h, w, 2), 3, (3, 3), (2, 2), "same", activation=RELU)
+        c.weights.update(fixed_c.weights)
+        want = Model(Graph([Node("x", "input", [], (h, w, 2)), c], ["x"], ["c"]),
+                     engine="reference").predict(x)
+        np.testing.assert_allclose(model.predict(x), want, rtol=1e-5, atol=1e-5)
+    assert "open dimensions" in model.summary()
