@@ -92,7 +92,7 @@ def evaluation_report(ms, ds, *, batch_size: int = 256, progress: bool = True,
                          [f"{r['class']} {names[r['class']] if r['class'] < len(names) else ''}"
                           for r in ev["modules"]],
                          {"module accuracy": [r["binary_accuracy"] for r in ev["modules"]],
-                          "weights kept": [r["weights_fraction"] for r in ev["modules"]],
+                          "nodes kept": [r["nodes_fraction"] for r in ev["modules"]],
                           "Jaccard (values)": [r["jaccard_values"] for r in ev["modules"]]},
                          command=command_line())
         if plot is not None:
