@@ -91,13 +91,17 @@ def evaluate_reuse(picks: Sequence[Pick], *, update: bool = False, update_limit:
 
 def update_modules(picks: Sequence[Pick], *, limit: int | None = None, batch_size: int = 256,
                    progress: bool = False) -> list[Any]:
-    """Section 3.5: each pick's module observes the *training* images of the other picks'
-    classes as unconcerned inputs (up to `limit` per class) and is re-modularized."""
+    """Section 3.5: each pick's module observes *training* images of the other picks' classes
+    as unconcerned inputs and is re-modularized. Per other class it takes `limit` images, by
+    default floor(E / (k - 1)) as tangling identification does (E: the module's own class's
+    training images, k: the number of picks)."""
     from ..decompose.update import update_module
 
     updated = []
     for j, p in enumerate(picks):
-        others = [class_images(q.dataset, q.class_index, "train", limit)
+        own = int(np.sum(p.dataset.split("train")[1] == p.class_index))
+        per_class = limit if limit is not None else max(1, own // max(1, len(picks) - 1))
+        others = [class_images(q.dataset, q.class_index, "train", per_class)
                   for k, q in enumerate(picks) if k != j]
         updated.append(update_module(p.module, _as_input(np.concatenate(others)),
                                      batch_size=batch_size, progress=progress))
