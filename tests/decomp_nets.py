@@ -3,6 +3,8 @@ directly from `refdecomp.graph.Node`, and a brute-force NumPy forward pass used 
 of pre-activation values (loops over output positions; nothing shared with the interpreter)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from hypothesis import strategies as st
 
@@ -81,6 +83,24 @@ def random_graphs(draw, n_classes=None, max_blocks=3):
     add(Node("head", "dense", [cur], (n,), {"activation": SOFTMAX},
              {"kernel": weights(shape[0], n), "bias": weights(n) * 0.3}))
     return Graph(nodes, ["in"], ["head"])
+
+
+# -- data ---------------------------------------------------------------------------------------
+def labelled_batch(graph: Graph, seed: int, size: int):
+    """(x, y, n): `size` standard-normal float32 inputs for `graph` and uniform random labels
+    over its `n` head classes, drawn in that order from `seed`."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(size, *graph.input_shapes()[0])).astype(np.float32)
+    n = graph["head"].shape[0]
+    return x, rng.integers(0, n, size=size), n
+
+
+def quietly(fn, *args, **kwargs):
+    """fn(*args, **kwargs) with warnings silenced: random labels on small batches leave classes
+    without images or short of tangling inputs, which the decomposition warns about by design."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
 
 
 # -- brute-force forward ----------------------------------------------------------------------

@@ -2,8 +2,6 @@
 oracle and the algorithm's invariants."""
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -17,7 +15,7 @@ from refdecomp.errors import DataError, RefdecompError, UnsupportedLayerError
 from refdecomp.graph import Graph, Node
 from refdecomp.interpreter import Model
 
-from decomp_nets import RELU, SOFTMAX, forward, random_graphs
+from decomp_nets import RELU, SOFTMAX, forward, labelled_batch, quietly, random_graphs
 
 
 def _hand_net():
@@ -76,9 +74,7 @@ def test_tangling_counts_follow_floor_rule(counts):
 def test_plan_groups_observes_own_class_and_nested_tangling_samples(counts, seed, tangling):
     y = np.repeat(np.arange(len(counts)), counts)
     np.random.default_rng(seed).shuffle(y)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        plan = plan_groups(y, len(counts), tangling, seed)
+    plan = quietly(plan_groups, y, len(counts), tangling, seed)
     k = tangling_counts(np.array(counts), tangling)
     obs = [plan.observed(m) for m in range(len(counts))]
     for m in range(len(counts)):
@@ -122,15 +118,9 @@ def test_delta_rules_by_hand():
 @settings(max_examples=15)
 @given(g=random_graphs(), seed=st.integers(0, 1000))
 def test_concern_identification_matches_brute_force(g, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(24, *g.input_shapes()[0])).astype(np.float32)
-    model = Model(g, fold=False)
-    n = g["head"].shape[0]
-    y = rng.integers(0, n, size=24)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ms = refdecomp.decompose(model, x, y, backtrack="none", seed=seed)
-        plan = plan_groups(y, n, "balanced", seed)
+    x, y, n = labelled_batch(g, seed, 24)
+    ms = quietly(refdecomp.decompose, Model(g, fold=False), x, y, backtrack="none", seed=seed)
+    plan = quietly(plan_groups, y, n, "balanced", seed)
     _, pre = forward(g, x)
     for c in range(n):
         obs = plan.observed(c)
@@ -143,15 +133,10 @@ def test_concern_identification_matches_brute_force(g, seed):
 @settings(max_examples=15)
 @given(g=random_graphs(), seed=st.integers(0, 1000))
 def test_more_observed_inputs_never_remove_nodes(g, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(30, *g.input_shapes()[0])).astype(np.float32)
-    n = g["head"].shape[0]
-    y = rng.integers(0, n, size=30)
+    x, y, n = labelled_batch(g, seed, 30)
     model = Model(g)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        few = refdecomp.decompose(model, x, y, backtrack="none", tangling=1, seed=seed)
-        more = refdecomp.decompose(model, x, y, backtrack="none", tangling=3, seed=seed)
+    few = quietly(refdecomp.decompose, model, x, y, backtrack="none", tangling=1, seed=seed)
+    more = quietly(refdecomp.decompose, model, x, y, backtrack="none", tangling=3, seed=seed)
     for c in range(n):
         for name in few[c].masks:
             assert not (few[c].masks[name] & ~more[c].masks[name].astype(bool)).any()

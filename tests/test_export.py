@@ -160,6 +160,17 @@ def random_masks(graph: Graph, rng, p_dead_channel=0.3, p_off=0.2, exclude=("hea
     return masks
 
 
+def masked_net(net_seed: int, seed: int, n: int = 16, data_format="channels_last", **mask_kw):
+    """(g, model, masks, x): small_net(net_seed, data_format), its Model, random masks on it and
+    a batch of n standard-normal inputs, masks and inputs drawn in that order from `seed`."""
+    g = small_net(net_seed, data_format)
+    model = Model(g)
+    rng = np.random.default_rng(seed)
+    masks = random_masks(model.graph, rng, **mask_kw)
+    x = rng.normal(size=(n, *g.input_shapes()[0])).astype(np.float32)
+    return g, model, masks, x
+
+
 def load(backend: str, path):
     from refdecomp import keras_objects
 
@@ -295,11 +306,7 @@ def test_file_layout(tmp_path):
 @pytest.mark.keras
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_keras_loads_module_with_masks_and_matches_interpreter(tmp_path, backend):
-    g = small_net(5)
-    model = Model(g)
-    rng = np.random.default_rng(11)
-    masks = random_masks(model.graph, rng)
-    x = rng.normal(size=(16, 10, 10, 3)).astype(np.float32)
+    g, model, masks, x = masked_net(5, 11)
     want = model.run(x, masks=masks)[0]
     path = export_keras(g, tmp_path / "module.h5", masks=masks)
     got = keras_predict(load(backend, path), x)
@@ -311,11 +318,7 @@ def test_keras_loads_module_with_masks_and_matches_interpreter(tmp_path, backend
 @pytest.mark.keras
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_compact_file_is_smaller_with_same_outputs(tmp_path, backend):
-    g = small_net(6)
-    model = Model(g)
-    rng = np.random.default_rng(12)
-    masks = random_masks(model.graph, rng, p_dead_channel=0.5)
-    x = rng.normal(size=(16, 10, 10, 3)).astype(np.float32)
+    g, model, masks, x = masked_net(6, 12, p_dead_channel=0.5)
     full = export_keras(g, tmp_path / "full.h5", masks=masks)
     small = export_keras(g, tmp_path / "small.h5", masks=masks, compact=True)
     assert small.stat().st_size < full.stat().st_size
@@ -421,11 +424,7 @@ def test_other_ops(tmp_path, backend):
 
 @pytest.mark.keras
 def test_channels_first_in_keras3(tmp_path):
-    g = small_net(2, "channels_first")
-    model = Model(g)
-    rng = np.random.default_rng(4)
-    masks = random_masks(model.graph, rng)
-    x = rng.normal(size=(4, 3, 10, 10)).astype(np.float32)
+    g, model, masks, x = masked_net(2, 4, n=4, data_format="channels_first")
     want = model.run(x, masks=masks)[0]
     for compact in (False, True):
         path = export_keras(g, tmp_path / f"cf{compact}.h5", masks=masks, compact=compact)
