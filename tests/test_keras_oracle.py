@@ -196,13 +196,6 @@ def within_rounding(ours: np.ndarray, keras32: np.ndarray, exact: np.ndarray) ->
                              f"off by {e_keras:.3g}, allowed {bound:.3g})")
 
 
-def draw_spec(K, data, strategy):
-    """Draw a spec and note it for the failure report."""
-    spec = data.draw(strategy)
-    note(f"spec: {spec!r}")
-    return spec
-
-
 @contextlib.contextmanager
 def default_dtype(K, name: str):
     """Layers built inside compute in `name` (Keras 3: the global dtype policy; tf_keras: floatx)."""
@@ -239,7 +232,10 @@ def build_with_oracle(K, spec, build):
     return model, (copy("float32") if twin else model), exact
 
 
-def run_spec(K, spec, build=build_model) -> None:
+def run_spec(K, data, strategy, build=build_model) -> None:
+    """Draw a spec from `strategy` (noted for the failure report), build it and check it."""
+    spec = data.draw(strategy)
+    note(f"spec: {spec!r}")
     model, oracle, exact = build_with_oracle(K, spec, build)
     shapes = [tuple(int(d) for d in t.shape[1:]) for t in model.inputs]
     xs = random_inputs(shapes, spec.seed)
@@ -247,55 +243,37 @@ def run_spec(K, spec, build=build_model) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Keras 3
+# Both dialects: Keras 3 and tf_keras (the Keras 2 dialect)
 # --------------------------------------------------------------------------------------------
-@oracle_settings(20)
-@given(data=st.data())
-def test_keras3_sequential(keras3, data):
-    run_spec(keras3, draw_spec(keras3, data, model_specs("keras3", functional=False)))
+@pytest.fixture(scope="module", params=["keras3", "tf_keras"])
+def dialect(request):
+    """(name, module) for each Keras dialect; skips a dialect that is not installed."""
+    return request.param, request.getfixturevalue(request.param)
 
 
 @oracle_settings(20)
 @given(data=st.data())
-def test_keras3_functional(keras3, data):
-    run_spec(keras3, draw_spec(keras3, data, model_specs("keras3", functional=True)))
+def test_sequential(dialect, data):
+    name, K = dialect
+    run_spec(K, data, model_specs(name, functional=False))
+
+
+@oracle_settings(20)
+@given(data=st.data())
+def test_functional(dialect, data):
+    name, K = dialect
+    run_spec(K, data, model_specs(name, functional=True))
 
 
 @oracle_settings(10)
 @given(data=st.data())
-def test_keras3_nested(keras3, data):
-    run_spec(keras3, draw_spec(keras3, data, model_specs("keras3", functional=True, nested=True)))
+def test_nested(dialect, data):
+    name, K = dialect
+    run_spec(K, data, model_specs(name, functional=True, nested=True))
 
 
 @oracle_settings(8)
 @given(data=st.data())
-def test_keras3_two_inputs_two_outputs(keras3, data):
-    run_spec(keras3, draw_spec(keras3, data, multi_io_specs("keras3")), build_multi_io)
-
-
-# --------------------------------------------------------------------------------------------
-# tf_keras (the Keras 2 dialect)
-# --------------------------------------------------------------------------------------------
-@oracle_settings(15)
-@given(data=st.data())
-def test_tf_keras_sequential(tf_keras, data):
-    run_spec(tf_keras, draw_spec(tf_keras, data, model_specs("tf_keras", functional=False)))
-
-
-@oracle_settings(20)
-@given(data=st.data())
-def test_tf_keras_functional(tf_keras, data):
-    run_spec(tf_keras, draw_spec(tf_keras, data, model_specs("tf_keras", functional=True)))
-
-
-@oracle_settings(10)
-@given(data=st.data())
-def test_tf_keras_nested(tf_keras, data):
-    run_spec(tf_keras, draw_spec(tf_keras, data,
-                                 model_specs("tf_keras", functional=True, nested=True)))
-
-
-@oracle_settings(8)
-@given(data=st.data())
-def test_tf_keras_two_inputs_two_outputs(tf_keras, data):
-    run_spec(tf_keras, draw_spec(tf_keras, data, multi_io_specs("tf_keras")), build_multi_io)
+def test_two_inputs_two_outputs(dialect, data):
+    name, K = dialect
+    run_spec(K, data, multi_io_specs(name), build_multi_io)
