@@ -122,8 +122,9 @@ class ModuleSet:
     def __getitem__(self, c: int) -> Module:
         try:
             return self._by_class[int(c)]
-        except KeyError:
-            raise KeyError(f"no module of class {c}; classes: {self.classes.tolist()}") from None
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"no module of class {c!r}; this module set has classes "
+                            f"{self.classes.tolist()}") from None
 
     def __len__(self) -> int:
         return len(self.modules)

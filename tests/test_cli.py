@@ -75,6 +75,18 @@ def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, capsys):
     assert "MODULES_FILE:CLASS@DATASET" in capsys.readouterr().err
 
 
+def test_missing_class_is_one_clear_line_and_exit_2(tmp_path, capsys, module_set):
+    path = str(module_set.save(tmp_path / "m.h5"))
+    for argv in (["export", path, "--class", "99", "--out", str(tmp_path / "x.h5")],
+                 ["update", path, "--class", "99", "--unconcerned", "1@digits",
+                  "--out", str(tmp_path / "u.h5")],
+                 ["reuse", "--pick", f"{path}:0@digits", "--pick", f"{path}:99@digits"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "no module of class 99" in err and "Traceback" not in err, argv
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "u.h5").exists()
+
+
 def test_console_script_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "refdecomp", "--help"], capture_output=True,
                           text=True, timeout=120)
