@@ -42,7 +42,10 @@ def _keras_layer_outputs(path: str, xs: list[np.ndarray], names: list[str],
     from .reader import read_graph
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
-    dialect = read_graph(path, architecture=architecture).meta.get("keras_major", 3)
+    if architecture:
+        raise RefdecompError(f"audit of {path!r}: comparing a weights-only file with Keras is not "
+                             "supported; use --against reference")
+    dialect = read_graph(path).meta.get("keras_major", 3)
     if dialect == 2 and importlib.util.find_spec("tf_keras"):
         import tf_keras as keras  # noqa: F401  (Keras 2 dialect oracle)
     else:
@@ -61,6 +64,10 @@ def audit_model(model, path: str, *, against: str = "auto", n_images: int = 4, s
     """Per-layer relative errors of `model` (a refdecomp Model read from `path`)."""
     from .interpreter import Model
 
+    if n_images < 1:
+        raise RefdecompError(f"argument --images {n_images}: give a number of images >= 1")
+    if against == "auto" and architecture:
+        against = "reference"  # Keras cannot load a weights-only file by itself
     if against == "auto":
         against = "keras" if importlib.util.find_spec("keras") else "reference"
     if against not in ("keras", "reference"):
@@ -82,9 +89,9 @@ def audit_model(model, path: str, *, against: str = "auto", n_images: int = 4, s
         rows.append({"layer": node.name, "class": node.keras_class or node.op,
                      "shape": str((None, *node.shape)), "rel_error": err,
                      "ok": bool(err <= TOLERANCE)})
-    final = [relative_error(o, t) for o, t in
-             zip(model.run(xs if len(xs) > 1 else xs[0]),
-                 [theirs[name] for name in graph.outputs if name in theirs])]
+    final = [relative_error(o, theirs[name])
+             for name, o in zip(graph.outputs, model.run(xs if len(xs) > 1 else xs[0]))
+             if name in theirs]
     return {"model": path, "against": against, "images": n_images, "seed": seed,
             "tolerance": TOLERANCE, "layers": rows, "folded_output_errors": final,
             "ok": all(r["ok"] for r in rows) and all(e <= TOLERANCE for e in final)}

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import RefdecompError
+from .experiments import as_input as _x
 from .report import markdown_table, print_json
 
 DEFAULT_DEMO_MODEL = Path(__file__).resolve().parent.parent / "weights" / "digits_cnn.h5"
@@ -52,11 +53,6 @@ def _load_model(args: argparse.Namespace):
     from . import load_model
 
     return load_model(args.model, architecture=getattr(args, "architecture", None))
-
-
-def _x(images: np.ndarray) -> np.ndarray:
-    """Models take raw pixel values 0..255 as float32 (preprocessing lives in the model)."""
-    return images.astype(np.float32)
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
@@ -267,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     except RefdecompError as exc:
         print(f"refdecomp {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
-        print(f"refdecomp {args.command}: error: file not found: {exc.filename}", file=sys.stderr)
+    except OSError as exc:  # missing file, permission, a folder where a file was expected, ...
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"refdecomp {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; nothing half-written was left behind", file=sys.stderr)

@@ -22,13 +22,31 @@ def as_input(images: np.ndarray) -> np.ndarray:
 
 
 def limit_dataset(ds, limit: int | None):
-    """The first `limit` images of each split (deterministic), or `ds` itself."""
-    if not limit:
+    """The first `limit` images of each split (deterministic), or `ds` itself when None."""
+    if limit is None:
         return ds
+    if limit < 1:
+        from .errors import DataError
+
+        raise DataError(f"argument --limit {limit}: give a number of images >= 1")
     from dataclasses import replace
 
     return replace(ds, x_train=ds.x_train[:limit], y_train=ds.y_train[:limit],
                    x_test=ds.x_test[:limit], y_test=ds.y_test[:limit])
+
+
+def parse_classes(text: str, argument: str) -> list[int]:
+    """`"0,3,7"` -> [0, 3, 7]; a clear error naming `argument` otherwise."""
+    from .errors import RefdecompError
+
+    try:
+        classes = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        classes = []
+    if not classes or min(classes) < 0:
+        raise RefdecompError(f"argument {argument} {text!r}: expected class indices separated "
+                             "by commas, e.g. 0,1,2")
+    return classes
 
 
 def describe(ds, split: str) -> str:

@@ -122,5 +122,37 @@ def test_update_only_adds_nodes(module_set, digits):
     u = update_module(m, extra)
     for name, mask in m.active.items():
         assert np.all(u.active[name] >= mask), name
-    assert u.size()["nodes_kept"] >= 0
+    assert u.size()["nodes_kept"] >= m.size()["nodes_kept"]
     assert u.info["updated_with_images"] == 50
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["predict", str(DIGITS_MODEL), "--data", "digits", "--limit", "-5"], "--limit -5"),
+    (["audit", str(DIGITS_MODEL), "--images", "0"], "--images 0"),
+    (["replace", "--target", "t.h5", "--donor", "d.h5", "--data", "digits", "--classes", "a,b"],
+     None),
+])
+def test_bad_numbers_are_refused_with_the_argument_named(argv, expected, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error:" in err
+    if expected:
+        assert expected in err
+
+
+def test_replace_refuses_classes_missing_from_a_module_set(module_set, digits):
+    from refdecomp import DataError
+
+    with pytest.raises(DataError, match=r"classes \[42\]"):
+        evaluate_replace(module_set, module_set, [42], digits.x_test, digits.y_test)
+
+
+def test_reproduce_tool_names_missing_and_bad_arguments():
+    tool = [sys.executable, str(ROOT / "tools" / "reproduce.py")]
+    missing = subprocess.run([*tool, "table2", "--modules", "m.h5"], capture_output=True,
+                             text=True, timeout=300)
+    assert missing.returncode == 2 and "--data, --classes" in missing.stderr
+    bad = subprocess.run([*tool, "table5", "--modules", "m.h5", "--data", "digits", "--modules2",
+                          "m.h5", "--data2", "digits", "--pairs", "1-2"], capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and "--pairs" in bad.stderr and "Traceback" not in bad.stderr

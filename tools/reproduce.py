@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from refdecomp import load_model, load_modules, metrics  # noqa: E402
 from refdecomp.datasets import load_dataset  # noqa: E402
-from refdecomp.experiments import run_decomposition_experiment  # noqa: E402
+from refdecomp.errors import RefdecompError  # noqa: E402
+from refdecomp.experiments import parse_classes, run_decomposition_experiment  # noqa: E402
 from refdecomp.report import markdown_table, set_command, write_report  # noqa: E402
 from refdecomp.scenarios.co2 import Measurement  # noqa: E402
 from refdecomp.scenarios.reuse import (Pick, compose_scores, evaluate_replace,  # noqa: E402
@@ -139,7 +140,7 @@ def _picks_from(modules_path: str, data: str, classes, data_dir):
 
 
 def table2(args) -> tuple[dict, str]:
-    classes = [int(c) for c in args.classes.split(",")]
+    classes = parse_classes(args.classes, "--classes")
     picks = _picks_from(args.modules, args.data, classes, args.data_dir)
     rows = [reuse_row([picks[a], picks[b]], args, f"{a}-{b}")
             for a, b in itertools.combinations(classes, 2)]
@@ -150,8 +151,8 @@ def table2(args) -> tuple[dict, str]:
 
 
 def table3(args) -> tuple[dict, str]:
-    a_cls = [int(c) for c in args.classes.split(",")]
-    b_cls = [int(c) for c in args.classes2.split(",")]
+    a_cls = parse_classes(args.classes, "--classes")
+    b_cls = parse_classes(args.classes2, "--classes2")
     pa = _picks_from(args.modules, args.data, a_cls, args.data_dir)
     pb = _picks_from(args.modules2, args.data2, b_cls, args.data_dir)
     rows = [reuse_row([pa[a], pb[b]], args, f"{a}x{b}", update=True) for a in a_cls for b in b_cls]
@@ -166,7 +167,8 @@ def table4(args) -> tuple[dict, str]:
     target, donor = load_modules(args.modules), load_modules(args.modules2)
     ds = load_dataset(args.data, data_dir=args.data_dir)
     x, y = ds.split("test")
-    classes = [int(c) for c in args.classes.split(",")] if args.classes else list(target.classes)
+    classes = (parse_classes(args.classes, "--classes") if args.classes
+               else [int(c) for c in target.classes])
     res = evaluate_replace(target, donor, classes, x, y, progress=not args.no_progress)
     base = res["composed"]
     rows = [[ds.class_names[r["class"]], pct(r["top1"]), pct(r["top5"]),
@@ -178,11 +180,16 @@ def table4(args) -> tuple[dict, str]:
 
 
 def table5(args) -> tuple[dict, str]:
+    try:
+        pairs = [tuple(int(v) for v in p.split(":")) for p in args.pairs.split(",")]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise RefdecompError(f"argument --pairs {args.pairs!r}: expected C:D,... e.g. 0:3,1:7")
     base_ms = load_modules(args.modules)
     ds1 = load_dataset(args.data, data_dir=args.data_dir)
     ds2 = load_dataset(args.data2, data_dir=args.data_dir)
     donor = load_modules(args.modules2)
-    pairs = [tuple(int(v) for v in p.split(":")) for p in args.pairs.split(",")]
     rows = []
     for c, d in pairs:
         picks = [Pick(base_ms[k], ds1, f"{ds1.name}:{ds1.class_names[k]}")
@@ -197,6 +204,12 @@ def table5(args) -> tuple[dict, str]:
     md = f"# Table 5: inter-dataset replace\n\n{table}\n{cost_summary(rows)}"
     return {"rows": rows}, md
 
+
+#: Arguments each table needs.
+REQUIRED = {"table1": ("model", "data"), "table2": ("modules", "data", "classes"),
+            "table3": ("modules", "data", "classes", "modules2", "data2", "classes2"),
+            "table4": ("modules", "modules2", "data"),
+            "table5": ("modules", "data", "modules2", "data2", "pairs")}
 
 TABLES = {"table1": table1, "table2": table2, "table3": table3, "table4": table4,
           "table5": table5}
@@ -226,7 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     set_command(sys.argv[1:] if argv is None else argv, prog="python tools/reproduce.py")
-    data, md = TABLES[args.table](args)
+    missing = [f"--{a.replace('_', '-')}" for a in REQUIRED[args.table] if not getattr(args, a)]
+    if missing:
+        p.error(f"{args.table} needs {', '.join(missing)}")
+    try:
+        data, md = TABLES[args.table](args)
+    except RefdecompError as exc:
+        print(f"reproduce {args.table}: error: {exc}", file=sys.stderr)
+        return 2
     paths = write_report(args.out, args.name or args.table, data, md)
     print(md)
     print(f"written: {paths['json']} {paths['markdown']}", file=sys.stderr)

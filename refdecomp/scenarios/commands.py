@@ -66,10 +66,10 @@ def run_replace(args: argparse.Namespace) -> dict[str, Any]:
 
     target, donor = _modules(args.target), _modules(args.donor)
     ds = _dataset(args.data, args.data_dir)
-    x, y = ds.split("test")
-    if args.limit:
-        x, y = x[: args.limit], y[: args.limit]
-    classes = ([int(c) for c in args.classes.split(",")] if args.classes
+    from ..experiments import limit_dataset, parse_classes
+
+    x, y = limit_dataset(ds, args.limit).split("test")
+    classes = (parse_classes(args.classes, "--classes") if args.classes
                else [int(c) for c in target.classes])
     res = evaluate_replace(target, donor, classes, x, y, batch_size=args.batch_size,
                            progress=not args.no_progress)

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import metrics
 from ..errors import DataError
+from ..experiments import as_input as _as_input
 
 
 @dataclass
@@ -33,10 +34,6 @@ class Pick:
     @property
     def class_index(self) -> int:
         return self.module.class_index
-
-
-def _as_input(images: np.ndarray) -> np.ndarray:
-    return np.asarray(images, dtype=np.float32)
 
 
 def class_images(dataset, class_index: int, split: str, limit: int | None = None) -> np.ndarray:
@@ -68,7 +65,8 @@ def scenario_data(picks: Sequence[Pick], split: str = "test",
 def compose_scores(modules: Sequence[Any], x: np.ndarray, batch_size: int = 256,
                    progress: bool = False) -> np.ndarray:
     """(n, len(modules)) concerned probabilities: the voting composition of any modules."""
-    return np.stack([m.predict(_as_input(x), batch_size, progress)[:, 0] for m in modules], axis=1)
+    x = _as_input(x)
+    return np.stack([m.predict(x, batch_size, progress)[:, 0] for m in modules], axis=1)
 
 
 def evaluate_reuse(picks: Sequence[Pick], *, update: bool = False, update_limit: int | None = None,
@@ -112,8 +110,11 @@ def evaluate_replace(target, donor, classes: Sequence[int], x: np.ndarray, y: np
                      batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
     """For each class c: composed top-1 / top-5 of `target` with module c replaced by `donor`'s
     module c, against the unchanged composition. Scores of every module are computed once."""
-    if len(target) != len(donor):
-        raise DataError(f"replace: the module sets have {len(target)} and {len(donor)} classes")
+    missing = [int(c) for c in classes
+               if c not in set(target.classes.tolist()) or c not in set(donor.classes.tolist())]
+    if missing:
+        raise DataError(f"replace: classes {missing} are not in both module sets (target: "
+                        f"{target.classes.tolist()}, donor: {donor.classes.tolist()})")
     x = _as_input(x)
     base = compose_scores(list(target), x, batch_size, progress)
     donor_scores = {c: donor[c].predict(x, batch_size, progress)[:, 0] for c in classes}
