@@ -12,7 +12,9 @@ shift || true
 install() {  # install the project with the given extra once per pyproject.toml version
   local extra=$1 stamp=".bootstrap-$1.stamp"
   local want; want=$(sha256sum pyproject.toml | cut -c1-16)
-  if [[ -f $stamp && $(cat "$stamp") == "$want" ]] && "$PY" -c "import refdecomp" 2>/dev/null; then
+  # installed (from this checkout, checked outside it so the working folder does not count)?
+  if [[ -f $stamp && $(cat "$stamp") == "$want" ]] &&
+     (cd / && "$PY" -c "import refdecomp, sys; sys.exit(not refdecomp.__file__.startswith('$PWD/'))") 2>/dev/null; then
     return
   fi
   "$PY" -m pip install -q --disable-pip-version-check -e ".[$extra]"
