@@ -36,16 +36,13 @@ def random_inputs(graph, n: int, seed: int) -> list[np.ndarray]:
 
 
 def _keras_layer_outputs(path: str, xs: list[np.ndarray], names: list[str],
-                         architecture: str | None) -> dict[str, np.ndarray]:
+                         architecture: str | None, dialect: int) -> dict[str, np.ndarray]:
     import os
-
-    from .reader import read_graph
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
     if architecture:
         raise RefdecompError(f"audit of {path!r}: comparing a weights-only file with Keras is not "
                              "supported; use --against reference")
-    dialect = read_graph(path).meta.get("keras_major", 3)
     if dialect == 2 and importlib.util.find_spec("tf_keras"):
         import tf_keras as keras  # noqa: F401  (Keras 2 dialect oracle)
     else:
@@ -77,7 +74,8 @@ def audit_model(model, path: str, *, against: str = "auto", n_images: int = 4, s
     names = [n.name for n in graph if n.op != "input"]
     ours = model.layer_outputs(xs if len(xs) > 1 else xs[0], names)
     if against == "keras":
-        theirs = _keras_layer_outputs(path, xs, names, architecture)
+        theirs = _keras_layer_outputs(path, xs, names, architecture,
+                                      graph.meta.get("keras_major", 3))
     else:
         ref = Model(graph, fold=False, engine="reference")
         theirs = ref.layer_outputs(xs if len(xs) > 1 else xs[0], names)

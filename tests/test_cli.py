@@ -156,3 +156,16 @@ def test_reproduce_tool_names_missing_and_bad_arguments():
                           "m.h5", "--data2", "digits", "--pairs", "1-2"], capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and "--pairs" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("against", ["reference", pytest.param("keras", marks=pytest.mark.keras)])
+def test_audit_compares_every_layer(against, capsys):
+    if against == "keras":
+        pytest.importorskip("keras")
+    assert main(["audit", str(DIGITS_MODEL), "--against", against, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    model = refdecomp.load_model(DIGITS_MODEL)
+    layers = [n.name for n in model.source_graph if n.op != "input"]
+    assert [r["layer"] for r in result["layers"]] == layers
+    assert result["ok"] and all(r["rel_error"] <= result["tolerance"] for r in result["layers"])
+    assert result["folded_output_errors"] and max(result["folded_output_errors"]) <= 1e-5

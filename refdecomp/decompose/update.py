@@ -25,7 +25,9 @@ def update_module(module, x, *, batch_size: int = 256, progress: bool = False):
     from ..modules import Module
     from .backtrack import prune_masks
 
-    n = int(np.shape(x)[0])
+    from . import _n_images
+
+    n = _n_images(x)
     if n == 0:
         raise DataError("update: no unconcerned images given")
     model = module.source_model

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import re
-from functools import lru_cache
 from typing import Any, Callable
 
 from ..errors import RefdecompError
@@ -21,18 +20,25 @@ def parse_pick(text: str) -> tuple[str, int, str]:
     return m["file"], int(m["cls"]), m["data"]
 
 
-@lru_cache(maxsize=None)
+_loaded: dict[tuple, Any] = {}   # module sets and datasets read during one command
+
+
 def _modules(path: str):
     from ..modules import load_modules
 
-    return load_modules(path)
+    key = ("modules", path)
+    if key not in _loaded:
+        _loaded[key] = load_modules(path)
+    return _loaded[key]
 
 
-@lru_cache(maxsize=None)
 def _dataset(name: str, data_dir: str | None):
     from ..datasets import load_dataset
 
-    return load_dataset(name, data_dir=data_dir)
+    key = ("dataset", name, data_dir)
+    if key not in _loaded:
+        _loaded[key] = load_dataset(name, data_dir=data_dir)
+    return _loaded[key]
 
 
 def _picks(args: argparse.Namespace):
@@ -125,7 +131,11 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 
 
 def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
-    return RUNNERS[args.command](args)
+    _loaded.clear()
+    try:
+        return RUNNERS[args.command](args)
+    finally:
+        _loaded.clear()
 
 
 def add_scenario_parsers(sub, handler, add_common) -> None:

@@ -92,13 +92,15 @@ def update_modules(picks: Sequence[Pick], *, limit: int | None = None, batch_siz
     """Section 3.5: each pick's module observes *training* images of the other picks' classes
     as unconcerned inputs and is re-modularized. Per other class it takes `limit` images, by
     default floor(E / (k - 1)) as tangling identification does (E: the module's own class's
-    training images, k: the number of picks)."""
+    training images, k: the number of picks), and at least one."""
+    from ..decompose.tangling import tangling_counts
     from ..decompose.update import update_module
 
+    own = [int(np.sum(p.dataset.split("train")[1] == p.class_index)) for p in picks]
+    counts = tangling_counts(np.array(own), "balanced" if limit is None else int(limit))
     updated = []
     for j, p in enumerate(picks):
-        own = int(np.sum(p.dataset.split("train")[1] == p.class_index))
-        per_class = limit if limit is not None else max(1, own // max(1, len(picks) - 1))
+        per_class = max(1, int(counts[j]))
         others = [class_images(q.dataset, q.class_index, "train", per_class)
                   for k, q in enumerate(picks) if k != j]
         updated.append(update_module(p.module, _as_input(np.concatenate(others)),
