@@ -144,7 +144,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ms = load_modules(args.modules, model=args.model)
     ds = _load_data(args)
     result = evaluation_report(ms, ds, batch_size=args.batch_size, progress=not args.no_progress,
-                               out_dir=args.report_dir)
+                               out_dir=args.report_dir,
+                               extra={"model_file": ms.model.source_graph.source or "the model",
+                                      "modules_file": args.modules})
     _emit(args, result["data"], result["markdown"])
     return 0
 

@@ -169,3 +169,15 @@ def test_audit_compares_every_layer(against, capsys):
     assert [r["layer"] for r in result["layers"]] == layers
     assert result["ok"] and all(r["rel_error"] <= result["tolerance"] for r in result["layers"])
     assert result["folded_output_errors"] and max(result["folded_output_errors"]) <= 1e-5
+
+
+def test_evaluate_command_reports_the_saved_modules(module_set, digits, tmp_path, capsys):
+    path = module_set.save(tmp_path / "modules.h5")
+    assert main(["evaluate", str(path), "--data", "digits", "--report-dir", str(tmp_path / "r"),
+                 "--json", "--no-progress"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    scores = module_set.predict(digits.x_test.astype(np.float32))
+    assert data["composed"]["top1"] == pytest.approx(
+        metrics.top_k_accuracy(scores, digits.y_test, 1, module_set.classes))
+    assert data["model_file"].endswith("digits_cnn.h5")
+    assert (tmp_path / "r" / "report.md").read_text().startswith("# Decomposition of ")
