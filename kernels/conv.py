@@ -1,5 +1,8 @@
-"""2-D convolution (NHWC) as im2col into a reused buffer + one float32 BLAS matmul per chunk of
-images, followed by the fused epilogue (bias, recording, activation, mask)."""
+"""2-D convolution (NHWC, float32) as a register-blocked direct convolution: no im2col copy
+and no BLAS. Per chunk of images the input is zero-padded once (only when the window needs
+padding), the generated micro-kernels of kernels/microkernels.py compute the linear output
+block by block of channels, and the fused epilogue adds bias, records, activates and masks
+while the chunk is still in cache."""
 from __future__ import annotations
 
 import threading
@@ -7,46 +10,75 @@ import threading
 import numpy as np
 from numba import njit
 
+from . import microkernels
 from .epilogue import epilogue
+from .jit import compile_vectorized
+from .microkernel_source import VARIANTS
 from .threads import parallel_blocks
 from .windows import geometry
 
-#: target size in floats of one im2col chunk (rows * KH*KW*Cin); bounded, reused per layer.
-CHUNK_FLOATS = 1 << 18
+#: target size in floats of one chunk of linear output (images * positions * channels); kept
+#: within the L2 cache so that the epilogue reads what the kernel has just written.
+CHUNK_FLOATS = 1 << 16
+
+SIGNATURE = ("void(float32[::1], int64, int64, int64, float32[::1], float32[::1], "
+             + ", ".join(["int64"] * 12) + ")")
+
+
+def channel_blocks(cout: int) -> list[tuple[int, int, int]]:
+    """Split output channels into (first channel, channels per block, number of blocks),
+    widest micro-kernel first: 64 -> [(0, 32, 2)], 10 -> [(0, 8, 1), (8, 1, 2)]."""
+    blocks, c0 = [], 0
+    for cb, _ in VARIANTS:
+        nb = (cout - c0) // cb
+        if nb:
+            blocks.append((c0, cb, nb))
+            c0 += nb * cb
+    return blocks
+
+
+def pack_kernel(kernel: np.ndarray, c0: int, cb: int, nb: int) -> np.ndarray:
+    """Kernel (KH, KW, Cin, Cout) channels [c0, c0 + nb*cb) as a flat array laid out
+    (block, KH, KW, Cin, cb): what a micro-kernel streams through for one block."""
+    kh, kw, cin, _ = kernel.shape
+    part = kernel[..., c0:c0 + nb * cb].reshape(kh, kw, cin, nb, cb)
+    return np.ascontiguousarray(part.transpose(3, 0, 1, 2, 4), dtype=np.float32).reshape(-1)
 
 
 @njit(nogil=True, cache=True)
-def im2col(x, cols, img0, n_img, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW):
-    """cols[(n*OH + oh)*OW + ow, (i*KW + j)*Cin + ci] = x[img0+n, oh*sh-pt+i*dh, ow*sw-pl+j*dw, ci]
-    (0 on padding) for n < n_img."""
-    H, W, Cin = x.shape[1], x.shape[2], x.shape[3]
-    for t in range(n_img * OH):
-        n = t // OH
-        oh = t % OH
-        for ow in range(OW):
-            r = t * OW + ow
-            for i in range(KH):
-                ih = oh * sh - pt + i * dh
-                for j in range(KW):
-                    iw = ow * sw - pl + j * dw
-                    base = (i * KW + j) * Cin
-                    if ih >= 0 and ih < H and iw >= 0 and iw < W:
-                        for ci in range(Cin):
-                            cols[r, base + ci] = x[img0 + n, ih, iw, ci]
-                    else:
-                        for ci in range(Cin):
-                            cols[r, base + ci] = 0.0
+def pad_images(x, img0, n_img, pt, pl, buf):
+    """buf[n] = x[img0 + n] placed at (pt, pl) in a zero field of buf's spatial size (rows or
+    columns of x beyond that size are dropped: windows never read them)."""
+    H, W, C = x.shape[1], x.shape[2], x.shape[3]
+    Hp, Wp = buf.shape[1], buf.shape[2]
+    for n in range(n_img):
+        for hp in range(Hp):
+            ih = hp - pt
+            if ih < 0 or ih >= H:
+                for wp in range(Wp):
+                    for c in range(C):
+                        buf[n, hp, wp, c] = 0.0
+                continue
+            for wp in range(Wp):
+                iw = wp - pl
+                if iw < 0 or iw >= W:
+                    for c in range(C):
+                        buf[n, hp, wp, c] = 0.0
+                else:
+                    for c in range(C):
+                        buf[n, hp, wp, c] = x[img0 + n, ih, iw, c]
 
 
 _BUFFERS = threading.local()
 
 
-def _cols_buffer(size: int) -> np.ndarray:
-    """This thread's reused im2col buffer (layers run one after another within a thread)."""
-    buf = getattr(_BUFFERS, "cols", None)
+def _pad_buffer(shape: tuple[int, ...]) -> np.ndarray:
+    """This thread's reused padding buffer (layers run one after another within a thread)."""
+    size = int(np.prod(shape))
+    buf = getattr(_BUFFERS, "pad", None)
     if buf is None or buf.size < size:
-        buf = _BUFFERS.cols = np.empty(max(size, CHUNK_FLOATS), np.float32)
-    return buf[:size]
+        buf = _BUFFERS.pad = np.empty(size, np.float32)
+    return buf[:size].reshape(shape)
 
 
 class Conv2D:
@@ -54,34 +86,46 @@ class Conv2D:
 
     def __init__(self, kernel, bias, strides, padding, dilation, act):
         kh, kw, cin, cout = kernel.shape
-        self.kshape = (kh, kw)
-        self.k2 = np.ascontiguousarray(kernel.reshape(kh * kw * cin, cout), dtype=np.float32)
+        self.kshape, self.cin, self.cout = (kh, kw), cin, cout
+        kernel = np.asarray(kernel, dtype=np.float32)
+        self.blocks = [(c0, nb, pack_kernel(kernel, c0, cb, nb),
+                        compile_vectorized(getattr(microkernels, f"conv_cb{cb}"), SIGNATURE))
+                       for c0, cb, nb in channel_blocks(cout)]
         self.bias = np.zeros(cout, np.float32) if bias is None else \
             np.ascontiguousarray(bias, dtype=np.float32)
         self.strides, self.padding, self.dilation = tuple(strides), padding, tuple(dilation)
         self.act = act
 
     def __call__(self, x, mask, msp, msc, seen, ssp, ssc, groups):
+        x = np.ascontiguousarray(x, dtype=np.float32)
         n, H, W, cin = x.shape
         (kh, kw), (sh, sw), (dh, dw) = self.kshape, self.strides, self.dilation
         (oh, pt, _), (ow, pl, _) = geometry((H, W), self.kshape, self.strides, self.padding,
                                             self.dilation)
-        P, kdim, cout = oh * ow, self.k2.shape[0], self.k2.shape[1]
+        P, cout = oh * ow, self.cout
         out = np.empty((n * P, cout), np.float32)
-        direct = kh == kw == 1 and sh == sw == 1 and pt == pl == 0
-        per_chunk = max(1, CHUNK_FLOATS // max(1, P * kdim))
+        if n == 0 or P == 0:
+            return out.reshape(n, oh, ow, cout)
+        # the input extent the windows read; pad (copy) only if it leaves the image
+        hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
+        copy = pt > 0 or pl > 0 or hp > H or wp > W
+        per_chunk = max(1, CHUNK_FLOATS // (P * cout))
 
         def block(b0, b1):
             for i0 in range(b0, b1, per_chunk):
                 m = min(per_chunk, b1 - i0)
-                rows = slice(i0 * P, (i0 + m) * P)
-                if direct:
-                    cols = x[i0:i0 + m].reshape(m * P, cin)
+                if copy:
+                    buf = _pad_buffer((m, hp, wp, cin))
+                    pad_images(x, i0, m, pt, pl, buf)
+                    xf, x_img, x_row = buf.reshape(-1), hp * wp * cin, wp * cin
                 else:
-                    cols = _cols_buffer(m * P * kdim).reshape(m * P, kdim)
-                    im2col(x, cols, i0, m, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
-                np.matmul(cols, self.k2, out=out[rows])
-                epilogue(out[rows], self.bias, *self.act, P, mask, msp, msc, seen, ssp, ssc,
+                    xf, x_img, x_row = x[i0:i0 + m].reshape(-1), H * W * cin, W * cin
+                rows = out[i0 * P:(i0 + m) * P]
+                flat = rows.reshape(-1)
+                for c0, nb, packed, kern in self.blocks:
+                    kern(xf, x_img, x_row, cin, packed, flat, cout, c0, nb, m, oh, ow,
+                         kh, kw, sh, sw, dh, dw)
+                epilogue(rows, self.bias, *self.act, P, mask, msp, msc, seen, ssp, ssc,
                          groups[i0:i0 + m] if groups.shape[0] else groups)
 
         parallel_blocks(block, n)

@@ -186,6 +186,25 @@ def lr_at(step: int, total: int, warmup: int, base: float, schedule: str) -> flo
     return base
 
 
+def warm_start(model, source: Path) -> dict:
+    """Copy the weights of `source` (a model this tool trained, same architecture) into
+    `model`: a warm restart with a fresh optimizer and learning-rate schedule. Returns what
+    the manifest records about the starting point."""
+    import keras
+
+    if not source.is_file():
+        sys.exit(f"--init-from {source}: no such file")
+    start = keras.models.load_model(source, compile=False)
+    shapes = [w.shape for w in start.get_weights()]
+    if shapes != [w.shape for w in model.get_weights()]:
+        sys.exit(f"--init-from {source}: its weights do not fit --arch (different architecture)")
+    model.set_weights(start.get_weights())
+    entry = load_manifest(source.parent / "MANIFEST.json")["models"].get(source.name, {})
+    return {"file": source.name, "sha256": sha256_file(source),
+            "epochs": entry.get("epochs"), "command": entry.get("command"),
+            "test_top1": entry.get("test_top1")}
+
+
 def train(args) -> None:
     import keras
 
@@ -223,6 +242,8 @@ def train(args) -> None:
         model.compile(optimizer=opt, loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
         state = {"epoch": 0, "seconds": 0.0, "history": []}
+        if args.init_from:
+            state["init_from"] = warm_start(model, Path(args.init_from))
     if not args.export_checkpoint:
         state.setdefault("commands", []).append(
             "python tools/train.py " + shlex.join(sys.argv[1:]))
@@ -282,6 +303,7 @@ def train(args) -> None:
         "machine": machine(),
         "command": "python tools/train.py " + shlex.join(argv),
         "commands_run": state.get("commands", []),
+        **({"init_from": state["init_from"]} if state.get("init_from") else {}),
         "train_history": state["history"],
         "input": "float32 raw pixel values 0..255, NHWC " + "x".join(map(str, ds.image_shape)),
         "class_names": list(ds.class_names),
@@ -318,6 +340,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", help="final .h5 path (weights/<name>.h5)")
     p.add_argument("--checkpoint-dir", help="default runs/<out stem>")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    p.add_argument("--init-from", help="start from this trained model's weights (warm restart)")
     p.add_argument("--export-checkpoint", action="store_true",
                    help="write --out from the checkpoint as it stands (a stopped run)")
     p.add_argument("--time-limit", type=float, help="stop after the epoch crossing N minutes")
