@@ -1,6 +1,6 @@
 """2-D convolution (NHWC, float32) as a register-blocked direct convolution: no im2col copy
-and no BLAS. Per chunk of images the input is zero-padded once (only when the window needs
-padding), the generated micro-kernels of kernels/microkernels.py compute the linear output
+and no BLAS. Per chunk of images the input is copied once, zero-padded and laid out (row,
+channel, column) so that a block of adjacent output pixels reads adjacent floats; the generated micro-kernels of kernels/microkernels.py compute the linear output
 block by block of channels, and the fused epilogue adds bias, records, activates and masks
 while the chunk is still in cache."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from numba import njit
 from . import microkernels
 from .epilogue import epilogue
 from .jit import compile_vectorized
-from .microkernel_source import VARIANTS
+from .microkernel_source import VARIANTS, kernel_name
 from .threads import parallel_blocks
 from .windows import geometry
 
@@ -21,7 +21,7 @@ from .windows import geometry
 #: within the L2 cache so that the epilogue reads what the kernel has just written.
 CHUNK_FLOATS = 1 << 16
 
-SIGNATURE = ("void(float32[::1], int64, int64, int64, float32[::1], float32[::1], "
+SIGNATURE = ("void(float32[::1], int64, int64, int64, int64, float32[::1], float32[::1], "
              + ", ".join(["int64"] * 12) + ")")
 
 
@@ -46,27 +46,26 @@ def pack_kernel(kernel: np.ndarray, c0: int, cb: int, nb: int) -> np.ndarray:
 
 
 @njit(nogil=True, cache=True)
-def pad_images(x, img0, n_img, pt, pl, buf):
-    """buf[n] = x[img0 + n] placed at (pt, pl) in a zero field of buf's spatial size (rows or
-    columns of x beyond that size are dropped: windows never read them)."""
+def pack_rows(x, img0, n_img, pt, pl, buf):
+    """buf[n, hp, c, wp] = x[img0 + n, hp - pt, wp - pl, c], 0 outside x: the images zero-padded
+    and laid out (row, channel, column), so that adjacent output pixels read adjacent floats
+    (rows or columns of x beyond buf's extent are dropped: windows never read them)."""
     H, W, C = x.shape[1], x.shape[2], x.shape[3]
-    Hp, Wp = buf.shape[1], buf.shape[2]
+    Hp, Wp = buf.shape[1], buf.shape[3]
     for n in range(n_img):
         for hp in range(Hp):
             ih = hp - pt
             if ih < 0 or ih >= H:
-                for wp in range(Wp):
-                    for c in range(C):
-                        buf[n, hp, wp, c] = 0.0
+                buf[n, hp] = 0.0
                 continue
             for wp in range(Wp):
                 iw = wp - pl
                 if iw < 0 or iw >= W:
                     for c in range(C):
-                        buf[n, hp, wp, c] = 0.0
+                        buf[n, hp, c, wp] = 0.0
                 else:
                     for c in range(C):
-                        buf[n, hp, wp, c] = x[img0 + n, ih, iw, c]
+                        buf[n, hp, c, wp] = x[img0 + n, ih, iw, c]
 
 
 _BUFFERS = threading.local()
@@ -88,12 +87,13 @@ class Conv2D:
         kh, kw, cin, cout = kernel.shape
         self.kshape, self.cin, self.cout = (kh, kw), cin, cout
         kernel = np.asarray(kernel, dtype=np.float32)
+        self.strides, self.padding, self.dilation = tuple(strides), padding, tuple(dilation)
         self.blocks = [(c0, nb, pack_kernel(kernel, c0, cb, nb),
-                        compile_vectorized(getattr(microkernels, f"conv_cb{cb}"), SIGNATURE))
+                        compile_vectorized(getattr(microkernels, kernel_name(cb, self.strides[1])),
+                                           SIGNATURE))
                        for c0, cb, nb in channel_blocks(cout)]
         self.bias = np.zeros(cout, np.float32) if bias is None else \
             np.ascontiguousarray(bias, dtype=np.float32)
-        self.strides, self.padding, self.dilation = tuple(strides), padding, tuple(dilation)
         self.act = act
 
     def __call__(self, x, mask, msp, msc, seen, ssp, ssc, groups):
@@ -106,24 +106,20 @@ class Conv2D:
         out = np.empty((n * P, cout), np.float32)
         if n == 0 or P == 0:
             return out.reshape(n, oh, ow, cout)
-        # the input extent the windows read; pad (copy) only if it leaves the image
+        # the input extent the windows read
         hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
-        copy = pt > 0 or pl > 0 or hp > H or wp > W
         per_chunk = max(1, CHUNK_FLOATS // (P * cout))
 
         def block(b0, b1):
             for i0 in range(b0, b1, per_chunk):
                 m = min(per_chunk, b1 - i0)
-                if copy:
-                    buf = _pad_buffer((m, hp, wp, cin))
-                    pad_images(x, i0, m, pt, pl, buf)
-                    xf, x_img, x_row = buf.reshape(-1), hp * wp * cin, wp * cin
-                else:
-                    xf, x_img, x_row = x[i0:i0 + m].reshape(-1), H * W * cin, W * cin
+                buf = _pad_buffer((m, hp, cin, wp))
+                pack_rows(x, i0, m, pt, pl, buf)
+                xf, x_img, x_row = buf.reshape(-1), hp * cin * wp, cin * wp
                 rows = out[i0 * P:(i0 + m) * P]
                 flat = rows.reshape(-1)
                 for c0, nb, packed, kern in self.blocks:
-                    kern(xf, x_img, x_row, cin, packed, flat, cout, c0, nb, m, oh, ow,
+                    kern(xf, x_img, x_row, wp, cin, packed, flat, cout, c0, nb, m, oh, ow,
                          kh, kw, sh, sw, dh, dw)
                 epilogue(rows, self.bias, *self.act, P, mask, msp, msc, seen, ssp, ssc,
                          groups[i0:i0 + m] if groups.shape[0] else groups)

@@ -263,21 +263,27 @@ def _make_executor(graph: Graph, engine: str):
     position = {n.name: i for i, n in enumerate(graph.nodes)}
     last_use = {n.name: max([position[c] for c in consumers[n.name]], default=-1)
                 for n in graph.nodes}
-    kernel_ops = None
+    kernel_ops, pairs = None, {}
     if engine == "numba":
-        from .ops.lowering import lower  # noqa: PLC0415 (imports Numba: only when used)
-        kernel_ops = lower(graph)
+        # imports Numba: only when used
+        from .ops.lowering import add_activation_pairs, lower  # noqa: PLC0415
+        kernel_ops, pairs = lower(graph), add_activation_pairs(graph)
 
     def execute(batch, masks, recorder, groups, outputs):
         keep = set(outputs)
         env: dict[str, np.ndarray] = dict(zip(graph.inputs, batch))
+        done_with_producer: set[str] = set()
         for i, node in enumerate(graph.nodes):
-            if node.op == "input":
+            if node.op == "input" or node.name in done_with_producer:
                 continue
             args = [env[s] for s in node.inputs]
             seen = None if recorder is None else recorder.seen.get(node.name)
             mask = masks.get(node.name)
-            if kernel_ops is not None and node.name in kernel_ops:
+            if node.name in pairs and node.name not in keep:
+                act_name, fused = pairs[node.name]
+                env[act_name] = fused(args, None, None, None)
+                done_with_producer.add(act_name)
+            elif kernel_ops is not None and node.name in kernel_ops:
                 env[node.name] = kernel_ops[node.name](args, mask, seen, groups)
             elif node.op in WEIGHTED_OPS:
                 env[node.name] = _reference_weighted(node, args[0], mask, seen, groups)

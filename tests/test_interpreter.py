@@ -222,3 +222,35 @@ def test_open_input_dimensions_are_fixed_per_batch_shape():
                      engine="reference").predict(x)
         np.testing.assert_allclose(model.predict(x), want, rtol=1e-5, atol=1e-5)
     assert "open dimensions" in model.summary()
+
+
+def residual_add_activation(act):
+    """x -> conv a, conv b -> add s -> activation r -> dense d (the ResNet Add -> ReLU pair)."""
+    rng = np.random.default_rng(3)
+    x = Node("x", "input", [], (5, 5, 3))
+    a = conv_node("a", "x", (5, 5, 3), 4, (3, 3), padding="same", rng=rng)
+    b = conv_node("b", "x", (5, 5, 3), 4, (1, 1), rng=rng)
+    s = Node("s", "add", ["a", "b"], (5, 5, 4))
+    r = Node("r", "activation", ["s"], (5, 5, 4), {"activation": act})
+    f = Node("f", "flatten", ["r"], (100,))
+    d = dense_node("d", "f", 100, 3, rng=rng)
+    return Graph([x, a, b, s, r, f, d], ["x"], ["d"])
+
+
+@pytest.mark.parametrize("act", [{"name": "relu"}, {"name": "sigmoid"}, {"name": "softmax"}])
+def test_add_activation_pair_matches_reference_and_keeps_the_sum_on_request(act):
+    from refdecomp.ops.lowering import add_activation_pairs
+
+    g = residual_add_activation(act)
+    m = Model(g)
+    fusable = act["name"] != "softmax"       # softmax is not an element-wise kernel activation
+    assert (set(add_activation_pairs(m.graph)) == {"s"}) == fusable
+    x = np.random.default_rng(4).standard_normal((6, 5, 5, 3)).astype(np.float32)
+    reference = Model(g, engine="reference")
+    np.testing.assert_allclose(m.predict(x), reference.predict(x), rtol=1e-5, atol=1e-6)
+    # asking for the add's own output gets the sum before the activation
+    s, r = m.run(x, outputs=["s", "r"])
+    s_ref, r_ref = reference.run(x, outputs=["s", "r"])
+    np.testing.assert_allclose(s, s_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(r, r_ref, rtol=1e-5, atol=1e-6)
+    assert (s < 0).any()                     # so a fused (activated) value would differ

@@ -296,6 +296,6 @@ def test_microkernels_are_vectorised():
     the kernel is scalar (ss) code and about 20x slower."""
     # a fresh, uncached copy of conv_cb8 (cached code cannot be inspected)
     fresh = njit(nogil=True, fastmath={"contract"}, error_model="numpy")(
-        microkernels.conv_cb8.py_func)
+        microkernels.conv_cb8_sw1.py_func)
     asm = "".join(compile_vectorized(fresh, SIGNATURE).inspect_asm().values())
     assert re.search(r"\b(vfmadd\d+ps|v?mulps)\s", asm), "no packed multiply in conv_cb8"

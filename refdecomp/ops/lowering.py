@@ -95,11 +95,16 @@ def _pool(node: Node) -> Fn:
     return pool
 
 
-def _add(node: Node) -> Fn:
+def _add(node: Node, act: Node | None = None) -> Fn:
+    """Sum of the inputs; with `act` (an activation node reading only this sum), act(sum)
+    in the same pass."""
+    code = LINEAR_CODE if act is None else activation_code(act.activation)
+
     def add(inputs, mask, seen, groups):
-        if any(t.shape != inputs[0].shape for t in inputs[1:]):
-            return ref.add(node, inputs)     # broadcasting add: the reference handles it
-        return add_kernel([t.astype(np.float32, copy=False) for t in inputs])
+        if code is None or any(t.shape != inputs[0].shape for t in inputs[1:]):
+            y = ref.add(node, inputs)        # broadcasting add: the reference handles it
+            return y if act is None else ref.run_node(act, [y])
+        return add_kernel([t.astype(np.float32, copy=False) for t in inputs], code)
     return add
 
 
@@ -110,3 +115,20 @@ _LOWER = {"conv2d": _conv, "dense": _dense, "max_pool2d": _pool, "avg_pool2d": _
 def lower(graph: Graph) -> dict[str, Fn]:
     """Kernel-backed implementations of the graph's conv, dense, pooling and add nodes."""
     return {n.name: _LOWER[n.op](n) for n in graph if n.op in _LOWER}
+
+
+def add_activation_pairs(graph: Graph) -> dict[str, tuple[str, Fn]]:
+    """{add node: (activation node, fn computing act(sum))} for every add whose only reader
+    is an activation the kernels implement (the residual `Add -> ReLU` of ResNets). The
+    executor runs the pair as one pass when the add's own output is not asked for; the graph
+    itself is unchanged (module files and exports see the same nodes)."""
+    consumers = graph.consumers()
+    pairs = {}
+    for node in graph.nodes_of(("add",)):
+        readers = consumers[node.name]
+        if len(readers) != 1 or node.name in graph.outputs:
+            continue
+        act = graph[readers[0]]
+        if act.op == "activation" and activation_code(act.activation) is not None:
+            pairs[node.name] = (act.name, _add(node, act))
+    return pairs
