@@ -17,9 +17,10 @@ from .microkernel_source import VARIANTS, kernel_name
 from .threads import parallel_blocks
 from .windows import geometry
 
-#: target size in floats of one chunk of linear output (images * positions * channels); kept
-#: within the L2 cache so that the epilogue reads what the kernel has just written.
-CHUNK_FLOATS = 1 << 16
+#: target size in floats of one chunk of linear output (images * positions * channels): 1 MB,
+#: an L2 cache, so the epilogue reads what the kernel has just written; fewer, larger chunks
+#: also keep the per-chunk Python glue (which holds the GIL) from serialising the threads.
+CHUNK_FLOATS = 1 << 18
 
 SIGNATURE = ("void(float32[::1], int64, int64, int64, int64, float32[::1], float32[::1], "
              + ", ".join(["int64"] * 12) + ")")

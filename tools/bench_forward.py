@@ -9,6 +9,7 @@ file with refdecomp, checks both compute the same function, then times, in the s
 * refdecomp `Model.run` with a `Recorder` (n_classes * 2 groups, random group ids).
 
 Usage: python tools/bench_forward.py [--images 2048] [--batch-size 256] [--repeats 3]
+                                     [--threads N]
 """
 from __future__ import annotations
 
@@ -107,10 +108,19 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variant", choices=("plain", "bn", "both"), default="both")
+    ap.add_argument("--threads", type=int,
+                    help="threads for both engines (TF intra-op pool and REFDECOMP_THREADS); "
+                         "default: each engine's own choice (all cores)")
     args = ap.parse_args(argv)
+    if args.threads:
+        # read when TensorFlow starts (it is imported below, in build_keras) and per call
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(args.threads)
+        os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+        os.environ["REFDECOMP_THREADS"] = str(args.threads)
     variants = {"plain": [False], "bn": [True], "both": [False, True]}[args.variant]
     print(f"ResNet-20 v1, CIFAR-10 shape, {args.images} images, batch {args.batch_size}, "
-          f"best of {args.repeats}, {os.cpu_count()} CPU cores")
+          f"best of {args.repeats}, {os.cpu_count()} CPU cores, "
+          f"{args.threads or 'default'} thread(s) per engine")
     for bn in variants:
         r = bench(bn, args.images, args.batch_size, args.repeats, args.seed)
         gf = 2 * r["macs"] / 1e9
