@@ -11,14 +11,18 @@ test images when `refdecomp.datasets` finds them, else random.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 
-import refdecomp
-from refdecomp.graph import Graph, Node
-from refdecomp.interpreter import Model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+import refdecomp  # noqa: E402
+from refdecomp.graph import Graph, Node  # noqa: E402
+from refdecomp.interpreter import Model  # noqa: E402
 
 RELU = {"name": "relu"}
 
