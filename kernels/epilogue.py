@@ -121,7 +121,9 @@ def epilogue(y, bias, code, p0, p1, p2, positions, mask, msp, msc, seen, ssp, ss
     """In place on y (rows, C): y = act(y + bias) * mask, and seen[group, p*ssp + c*ssc] = 1
     where y + bias > 0. `positions` = rows per image; empty `mask` / `seen` disable them;
     `groups[i]` is the group of the chunk's i-th image. Serial and GIL-free: callers run
-    chunks on several threads."""
+    chunks on several threads, so images of one group can update the same bit map at once. A
+    bit is therefore only ever written with 1 (never read-OR-written back, which could store
+    a stale 0 over another thread's 1), and recordings do not depend on thread timing."""
     C = y.shape[1]
     if (seen.shape[0] == 0 or (ssc == 1 and ssp == C)) and \
             (mask.shape[0] == 0 or (msc == 1 and msp == C)):
@@ -157,7 +159,8 @@ def _epilogue_flat(y, bias, code, p0, p1, p2, positions, mask, seen, groups):
             if has_seen:
                 sv = s[e0:e0 + n]
                 for k in range(n):
-                    sv[k] |= np.uint8(v[k] > np.float32(0.0))
+                    if v[k] > np.float32(0.0):    # only ever store 1: see epilogue()
+                        sv[k] = 1
             if plain_relu:
                 for k in range(n):
                     v[k] = max(v[k], np.float32(0.0))
@@ -183,12 +186,9 @@ def _epilogue_rows(y, bias, code, p0, p1, p2, positions, mask, msp, msc, seen, s
         if has_seen:
             g = groups[r // positions]
             base = p * ssp
-            if ssc == 1:           # branch-free (signs are unpredictable) and contiguous
-                for c in range(C):
-                    seen[g, base + c] |= np.uint8(y[r, c] + bias[c] > 0)
-            else:
-                for c in range(C):
-                    seen[g, base + c * ssc] |= np.uint8(y[r, c] + bias[c] > 0)
+            for c in range(C):     # only ever store 1: see epilogue()
+                if y[r, c] + bias[c] > 0:
+                    seen[g, base + c * ssc] = 1
         if plain_relu:
             for c in range(C):
                 y[r, c] = max(y[r, c] + bias[c], np.float32(0.0))
