@@ -1,6 +1,11 @@
-"""Coarse-grained parallelism for the kernels: a batch is split into contiguous blocks of
-images that worker threads process independently (kernels are GIL-free Numba functions and
-single-threaded BLAS calls), so no core ever spins waiting on a barrier inside a layer.
+"""Coarse-grained parallelism for the kernels. Kernels are GIL-free Numba functions and
+single-threaded BLAS calls, so plain threads run them in parallel:
+
+* `parallel_parts`: the interpreter splits each batch into parts of about 32 images, and each
+  worker thread takes a part through the whole network. There is no barrier per layer, and a
+  part's activations stay in cache.
+* `parallel_blocks`: one layer's images are split into blocks. Used when a batch is too small
+  to split into parts.
 
 BLAS is limited to one thread while `blas_single_threaded()` is active (through threadpoolctl
 when it is installed; otherwise BLAS keeps its own threads and the pool is not used)."""
@@ -44,19 +49,44 @@ def blas_single_threaded():
             _STATE.active = False
 
 
+#: images per part when a batch is split into parts that run through the whole network
+PART_IMAGES = 32
+
+
+def parallel_parts(fn, start: int, stop: int) -> None:
+    """Call fn(a, b) over parts of range(start, stop), each part on one worker thread through
+    the whole network (its kernels run serially there). Compared with splitting every layer
+    across the threads, this has no barrier per layer and keeps a part's activations in
+    cache. Batches too small to give every worker a part run as one."""
+    w = workers()
+    n = stop - start
+    if not getattr(_STATE, "active", False) or w == 1 or n < 2 * w:
+        fn(start, stop)
+        return
+    parts = max(w, -(-n // PART_IMAGES))
+    bounds = [start + n * i // parts for i in range(parts + 1)]
+    futures = [_pool(w).submit(fn, bounds[i], bounds[i + 1]) for i in range(parts)]
+    for f in futures:
+        f.result()
+
+
+def _pool(w: int) -> ThreadPoolExecutor:
+    global _POOL
+    with _LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=w, thread_name_prefix="refdecomp")
+    return _POOL
+
+
 def parallel_blocks(fn, n: int) -> None:
     """Call fn(start, stop) over contiguous blocks covering range(n), in parallel when inside
     `blas_single_threaded()` and more than one worker is available."""
-    global _POOL
     w = workers()
     if not getattr(_STATE, "active", False) or w == 1 or n < 2:
         fn(0, n)
         return
-    with _LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=w, thread_name_prefix="refdecomp")
     blocks = min(n, BLOCKS_PER_WORKER * w)     # several per worker: balances uneven load
     bounds = [n * i // blocks for i in range(blocks + 1)]
-    futures = [_POOL.submit(fn, bounds[i], bounds[i + 1]) for i in range(blocks)]
+    futures = [_pool(w).submit(fn, bounds[i], bounds[i + 1]) for i in range(blocks)]
     for f in futures:
         f.result()

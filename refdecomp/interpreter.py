@@ -119,13 +119,20 @@ class Model:
         return contextlib.nullcontext()
 
     def _stream(self, xs, n, batch_size, masks, recorder, groups, out_names, results, starts):
-        for start in starts:
-            stop = min(start + batch_size, n)
+        def run_part(start, stop):
             batch = [a[start:stop] for a in xs]
             g = None if groups is None else groups[start:stop]
             values = self._executor(batch, masks, recorder, g, out_names)
             for res, name in zip(results, out_names):
                 res[start:stop] = values[name]
+
+        for start in starts:
+            stop = min(start + batch_size, n)
+            if self.engine == "numba":
+                from kernels.threads import parallel_parts  # noqa: PLC0415
+                parallel_parts(run_part, start, stop)
+            else:
+                run_part(start, stop)
 
     def summary(self) -> str:
         """Text table of the source graph: layer, class, output shape, parameters, MACs."""

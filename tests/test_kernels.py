@@ -224,20 +224,23 @@ def test_dense_recording_and_mask_with_fallback_activation():
     np.testing.assert_allclose(y, ref.softmax(pre) * mask, rtol=1e-5, atol=1e-6)
 
 
-def test_threaded_blocks_match_single_thread(monkeypatch):
-    """Splitting batches over worker threads changes neither outputs nor recordings."""
+@pytest.mark.parametrize("n", [5, 13, 100])
+def test_threaded_blocks_match_single_thread(monkeypatch, n):
+    """Splitting batches over worker threads changes neither outputs nor recordings: per layer
+    (5 images on 3 threads: too few for whole-network parts) and in whole-network parts (13
+    and 100 images: 3 and 4 parts, several recording into the same groups at once)."""
     rng = np.random.default_rng(11)
     node = conv_node("conv", "x", (9, 9, 3), 6, (3, 3), (2, 2), "same", activation={"name":
                                                                                     "relu"},
                      rng=rng)
-    x = rng.standard_normal((13, 9, 9, 3)).astype(np.float32)
-    groups = rng.integers(0, 4, 13)
+    x = rng.standard_normal((n, 9, 9, 3)).astype(np.float32)
+    groups = rng.integers(0, 4, n)
     model = Model(single(node, (9, 9, 3)))
     results = []
     for threads in ("1", "3"):
         monkeypatch.setenv("REFDECOMP_THREADS", threads)
         rec = Recorder(model, 4)
-        y = model.run(x, 13, recorder=rec, groups=groups)[0]
+        y = model.run(x, n, recorder=rec, groups=groups)[0]
         results.append((y, rec.seen["conv"]))
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
