@@ -26,11 +26,13 @@ __all__ = [
     "ModuleFileError",
     "load_model",
     "decompose",
+    "observe",
+    "build_modules",
     "load_modules",
     "keras_objects",
 ]
 
-from .decompose import decompose  # noqa: E402
+from .decompose import build_modules, decompose, observe  # noqa: E402
 from .modules import load_modules  # noqa: E402
 # The function (which imports Keras only when called) shadows its module's name on purpose.
 from .keras_objects import keras_objects  # noqa: E402

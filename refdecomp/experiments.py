@@ -125,7 +125,19 @@ def run_decomposition_experiment(model_path: str, data: str, *, data_dir: str | 
                                  delta: float = 0.5, seed: int = 0, out_dir: str = "out/demo",
                                  batch_size: int = 256, progress: bool = True) -> dict[str, Any]:
     """Load, decompose on the training split, save the modules, evaluate on the test split."""
-    from . import decompose, load_model
+    return run_decomposition_settings(
+        model_path, data, {backtrack: out_dir}, data_dir=data_dir, limit=limit, delta=delta,
+        seed=seed, batch_size=batch_size, progress=progress)[backtrack]
+
+
+def run_decomposition_settings(model_path: str, data: str, out_dirs: dict[str, str], *,
+                               data_dir: str | None = None, limit: int | None = None,
+                               delta: float = 0.5, seed: int = 0, batch_size: int = 256,
+                               progress: bool = True) -> dict[str, dict[str, Any]]:
+    """`run_decomposition_experiment` for several backtracking settings (`out_dirs`: setting
+    -> report folder) from one load and one recording pass. Each setting's
+    `decompose_seconds` is that pass plus its own module building, as if run alone."""
+    from . import build_modules, load_model, observe
     from .datasets import load_dataset
 
     t0 = time.perf_counter()
@@ -135,17 +147,26 @@ def run_decomposition_experiment(model_path: str, data: str, *, data_dir: str | 
     x_test, y_test = ds.split("test")
     model_figures = model_accuracy(model, x_test, y_test, batch_size, progress)
     t0 = time.perf_counter()
-    ms = decompose(model, as_input(ds.x_train), ds.y_train, backtrack=backtrack, delta=delta,
-                   seed=seed, batch_size=batch_size, progress=progress,
-                   class_names=list(ds.class_names), data=describe(ds, "train"))
-    decompose_seconds = time.perf_counter() - t0
-    out = Path(out_dir)
-    modules_path = ms.save(out / "modules.h5")
-    return evaluation_report(
-        ms, ds, batch_size=batch_size, progress=progress, out_dir=out, model_figures=model_figures,
-        extra={"model_file": str(model_path), "modules_file": str(modules_path),
-               "load_seconds": load_seconds, "model_predict_seconds": model_figures["seconds"],
-               "decompose_seconds": decompose_seconds})
+    obs = observe(model, as_input(ds.x_train), ds.y_train, seed=seed, batch_size=batch_size,
+                  progress=progress)
+    record_seconds = time.perf_counter() - t0
+    results = {}
+    for backtrack, out_dir in out_dirs.items():
+        t0 = time.perf_counter()
+        ms = build_modules(model, obs, backtrack=backtrack, delta=delta,
+                           class_names=list(ds.class_names), data=describe(ds, "train"))
+        build_seconds = time.perf_counter() - t0
+        out = Path(out_dir)
+        modules_path = ms.save(out / "modules.h5")
+        results[backtrack] = evaluation_report(
+            ms, ds, batch_size=batch_size, progress=progress, out_dir=out,
+            model_figures=model_figures,
+            extra={"model_file": str(model_path), "modules_file": str(modules_path),
+                   "load_seconds": load_seconds,
+                   "model_predict_seconds": model_figures["seconds"],
+                   "record_seconds": record_seconds, "build_seconds": build_seconds,
+                   "decompose_seconds": record_seconds + build_seconds})
+    return results
 
 
 def _pct(v: float) -> str:

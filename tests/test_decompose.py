@@ -173,3 +173,30 @@ def test_errors_name_the_argument():
                                                                   {"name": "sigmoid"}})])
     with pytest.raises(UnsupportedLayerError, match="'head'.*sigmoid"):
         find_head(bad)
+
+
+@settings(max_examples=8)
+@given(g=random_graphs(), seed=st.integers(0, 1000))
+def test_one_observation_builds_what_decompose_builds_for_every_setting(g, seed):
+    x, y, _ = labelled_batch(g, seed, 24)
+    model = Model(g)
+    obs = quietly(refdecomp.observe, model, x, y, seed=seed)
+    for backtrack in ("none", "last_conv", "input"):
+        once = refdecomp.build_modules(model, obs, backtrack=backtrack)
+        fresh = quietly(refdecomp.decompose, model, x, y, backtrack=backtrack, seed=seed)
+        assert once.options == fresh.options
+        for a, b in zip(once, fresh):
+            assert a.masks.keys() == b.masks.keys()
+            for name in a.masks:
+                np.testing.assert_array_equal(a.masks[name], b.masks[name])
+
+
+def test_observation_of_another_model_is_refused():
+    m = _hand_net()
+    x = np.zeros((3, 2), np.float32)
+    obs = refdecomp.observe(m, x, [0, 1, 2], tangling="none")
+    renamed = [n.replace(name="d2" if n.name == "d" else n.name,
+                         inputs=["d2" if i == "d" else i for i in n.inputs]) for n in m.graph]
+    other = Model(Graph(renamed, ["in"], ["head"]))
+    with pytest.raises(DataError, match="different model"):
+        refdecomp.build_modules(other, obs)

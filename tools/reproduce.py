@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from refdecomp import load_model, load_modules, metrics  # noqa: E402
 from refdecomp.datasets import load_dataset  # noqa: E402
 from refdecomp.errors import RefdecompError  # noqa: E402
-from refdecomp.experiments import parse_classes, run_decomposition_experiment  # noqa: E402
+from refdecomp.experiments import parse_classes, run_decomposition_settings  # noqa: E402
 from refdecomp.report import markdown_table, set_command, write_report  # noqa: E402
 from refdecomp.scenarios.co2 import Measurement  # noqa: E402
 from refdecomp.scenarios.reuse import (Pick, compose_scores, evaluate_replace,  # noqa: E402
@@ -120,11 +120,13 @@ def cost_summary(rows: list[dict]) -> str:
 # -- tables ----------------------------------------------------------------------------------
 def table1(args) -> tuple[dict, str]:
     rows, data = [], {"model": args.model, "data": args.data, "settings": {}}
-    for setting in ("none", "last_conv", "input"):
-        res = run_decomposition_experiment(
-            args.model, args.data, data_dir=args.data_dir, limit=args.limit, backtrack=setting,
-            delta=args.delta, seed=args.seed, out_dir=str(Path(args.out) / f"table1-{setting}"),
-            progress=not args.no_progress)["data"]
+    settings = ("none", "last_conv", "input")
+    results = run_decomposition_settings(   # one recording pass serves all three
+        args.model, args.data, {s: str(Path(args.out) / f"table1-{s}") for s in settings},
+        data_dir=args.data_dir, limit=args.limit, delta=args.delta, seed=args.seed,
+        progress=not args.no_progress)
+    for setting in settings:
+        res = results[setting]["data"]
         data["settings"][setting] = {k: res[k] for k in ("model", "composed", "cost_pp",
                                                          "mean_jaccard_values", "mean_jaccard_set",
                                                          "decompose_seconds")}

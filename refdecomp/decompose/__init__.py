@@ -1,13 +1,16 @@
 """Decompose a trained CNN into one module per output class (paper Sections 3.2-3.4).
 
 `decompose` runs one streaming pass over the data recording, per group of images, which conv2d /
-dense nodes ever took a value > 0 (recording.py), then builds every module from those bits:
+dense nodes ever took a value > 0 (recording.py; `observe`), then builds every module from
+those bits (`build_modules`, which can be called again on the same observation with another
+backtracking setting):
 Concern + Tangling Identification (concern.py, tangling.py), channeling of the head
 (channeling.py) and, optionally, backtracking (backtrack.py).
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,15 +20,29 @@ from ..graph import WEIGHTED_OPS
 from .backtrack import MODES, prune_masks
 from .channeling import DELTA_RULES, channel_weights, channeled_graph, delta_removals, find_head
 from .concern import keep_masks
-from .recording import check_labels, plan_groups
+from .recording import GroupPlan, check_labels, plan_groups
 
-__all__ = ["decompose", "BACKTRACK_MODES", "DELTA_RULES"]
+__all__ = ["decompose", "observe", "build_modules", "Observation", "BACKTRACK_MODES",
+           "DELTA_RULES"]
 
 #: "none": CI + TI + channeling (Table 1, "CI+TI+MC"); "last_conv": + MC-BLN; "input": + MC-BI.
 BACKTRACK_MODES = ("none", *MODES)
 
 #: Default rule for MC-BLN's head-input removal (see docs/algorithm.md for the measurement).
 DEFAULT_DELTA_RULE = "prose"
+
+
+@dataclass
+class Observation:
+    """What one recording pass saw: how the images were grouped (`plan`) and, per hidden
+    conv2d / dense node, which output positions took a value > 0 in each group (`seen`).
+    Modules for any backtracking setting are built from it without another pass."""
+
+    plan: GroupPlan
+    seen: dict[str, np.ndarray]
+    n_images: int
+    tangling: str | int
+    seed: int
 
 
 def decompose(model, x, y, *, backtrack: str = "last_conv", delta: float = 0.5,
@@ -41,15 +58,41 @@ def decompose(model, x, y, *, backtrack: str = "last_conv", delta: float = 0.5,
     (floor(E/(N-1)) inputs of each other class, Section 3.3), "none", or a fixed int. `seed`
     picks the tangling samples. `data` is a free-text description stored with the modules.
     Returns a `refdecomp.modules.ModuleSet` with `ms[c]` the module of class c.
+
+    The same as `build_modules(model, observe(model, x, y, ...), ...)`.
     """
+    _check_build_options(backtrack, delta_rule)
+    model = _as_model(model)
+    obs = observe(model, x, y, tangling=tangling, seed=seed, batch_size=batch_size,
+                  progress=progress)
+    return build_modules(model, obs, backtrack=backtrack, delta=delta, delta_rule=delta_rule,
+                         class_names=class_names, data=data)
+
+
+def observe(model, x, y, *, tangling: str | int = "balanced", seed: int = 0,
+            batch_size: int = 256, progress: bool = False) -> Observation:
+    """The recording pass of `decompose`: group the images (tangling samples included) and
+    stream them once through `model`, recording activity per group."""
+    model = _as_model(model)
+    head, _ = find_head(model.graph)
+    n_classes = head.weights["kernel"].shape[1]
+    n = _n_images(x)
+    y = check_labels(y, n, n_classes)
+    if n == 0:
+        raise DataError("decompose: x holds no images")
+    plan = plan_groups(y, n_classes, tangling, seed)
+    seen = _record(model, x, plan, _hidden(model.graph, head), batch_size, progress)
+    return Observation(plan, seen, n, tangling, int(seed))
+
+
+def build_modules(model, obs: Observation, *, backtrack: str = "last_conv",
+                  delta: float = 0.5, delta_rule: str = DEFAULT_DELTA_RULE,
+                  class_names: Sequence[str] | None = None, data: str = ""):
+    """One module per class from an `Observation` of `model` (see `decompose` for the
+    arguments): concern and tangling identification, channeling, and backtracking."""
     from ..modules import Module, ModuleSet
 
-    if backtrack not in BACKTRACK_MODES:
-        raise RefdecompError(f"argument backtrack={backtrack!r}: expected one of "
-                             f"{BACKTRACK_MODES}")
-    if delta_rule not in DELTA_RULES:
-        raise RefdecompError(f"argument delta_rule={delta_rule!r}: expected one of "
-                             f"{DELTA_RULES}")
+    _check_build_options(backtrack, delta_rule)
     model = _as_model(model)
     graph = model.graph
     head, tail = find_head(graph)
@@ -58,16 +101,13 @@ def decompose(model, x, y, *, backtrack: str = "last_conv", delta: float = 0.5,
     if class_names is not None and len(class_names) != n_classes:
         raise DataError(f"class_names: {len(class_names)} names for a model with "
                         f"{n_classes} classes")
-    n = _n_images(x)
-    y = check_labels(y, n, n_classes)
-    if n == 0:
-        raise DataError("decompose: x holds no images")
-    plan = plan_groups(y, n_classes, tangling, seed)
-    hidden = [nd.name for nd in graph.nodes_of(WEIGHTED_OPS) if nd.name != head.name]
-    seen = _record(model, x, plan, hidden, batch_size, progress)
-
+    hidden = _hidden(graph, head)
+    if set(obs.seen) != set(hidden) or obs.plan.tangling.shape[0] != n_classes:
+        raise DataError("build_modules: the observation was recorded on a different model")
+    plan, seen = obs.plan, obs.seen
     options: dict[str, Any] = {"backtrack": backtrack, "delta": float(delta),
-                               "delta_rule": delta_rule, "tangling": tangling, "seed": int(seed)}
+                               "delta_rule": delta_rule, "tangling": obs.tangling,
+                               "seed": obs.seed}
     modules = []
     for c in range(n_classes):
         k2, b2 = channel_weights(kernel, bias, c)
@@ -84,11 +124,24 @@ def decompose(model, x, y, *, backtrack: str = "last_conv", delta: float = 0.5,
         modules.append(Module(model, c, k2, b2, masks,
                               class_name=None if class_names is None else str(class_names[c]),
                               info={**info, "backtrack": backtrack}, active=active))
-    data_info = {"description": data, "n_images": n,
+    data_info = {"description": data, "n_images": obs.n_images,
                  "class_counts": plan.class_counts.tolist(),
                  "tangling_counts": plan.tangling.tolist()}
     return ModuleSet(modules, model, options=options, data=data_info,
                      class_names=None if class_names is None else list(map(str, class_names)))
+
+
+def _check_build_options(backtrack: str, delta_rule: str) -> None:
+    if backtrack not in BACKTRACK_MODES:
+        raise RefdecompError(f"argument backtrack={backtrack!r}: expected one of "
+                             f"{BACKTRACK_MODES}")
+    if delta_rule not in DELTA_RULES:
+        raise RefdecompError(f"argument delta_rule={delta_rule!r}: expected one of "
+                             f"{DELTA_RULES}")
+
+
+def _hidden(graph, head) -> list[str]:
+    return [nd.name for nd in graph.nodes_of(WEIGHTED_OPS) if nd.name != head.name]
 
 
 def _as_model(model):
