@@ -42,8 +42,8 @@ from refdecomp.errors import RefdecompError  # noqa: E402
 from refdecomp.experiments import parse_classes, run_decomposition_settings  # noqa: E402
 from refdecomp.report import markdown_table, set_command, write_report  # noqa: E402
 from refdecomp.scenarios.co2 import Measurement  # noqa: E402
-from refdecomp.scenarios.reuse import (Pick, compose_scores, evaluate_replace,  # noqa: E402
-                                       scenario_data, update_modules)
+from refdecomp.scenarios.reuse import (Pick, evaluate_replace, evaluate_reuse,  # noqa: E402
+                                       replace_table, scenario_data)
 
 
 def pct(v: float | None) -> str:
@@ -78,19 +78,10 @@ def train_from_scratch(picks, args, tag: str) -> dict:
 
 
 def reuse_row(picks, args, tag: str, update: bool = False) -> dict:
-    x, y = scenario_data(picks, "test")
-    with Measurement(f"reuse-{tag}") as m:
-        scores = compose_scores([p.module for p in picks], x)
-    row = {"picks": [p.label for p in picks], "n_test": int(len(y)),
-           "MA": metrics.top_k_accuracy(scores, y, 1),
-           "MA_top5": metrics.top_k_accuracy(scores, y, min(5, len(picks))),
-           "reuse_cost": m.report}
-    if update:
-        with Measurement(f"update-{tag}") as mu:
-            updated = update_modules(picks, limit=args.update_limit)
-            scores_u = compose_scores(updated, x)
-        row["MMA"] = metrics.top_k_accuracy(scores_u, y, 1)
-        row["update_cost"] = mu.report
+    """One reuse case: MA (and MMA with `update`) with time / CO2e of each step, plus the
+    train-from-scratch baseline (TMA) when --tma-epochs is given."""
+    row = evaluate_reuse(picks, update=update, update_limit=args.update_limit,
+                         measure=lambda step: Measurement(f"{step}-{tag}"))
     if args.tma_epochs:
         row.update(train_from_scratch(picks, args, tag))
     return row
@@ -178,12 +169,8 @@ def table4(args) -> tuple[dict, str]:
     classes = (parse_classes(args.classes, "--classes") if args.classes
                else [int(c) for c in target.classes])
     res = evaluate_replace(target, donor, classes, x, y, progress=not args.no_progress)
-    base = res["composed"]
-    rows = [[ds.class_names[r["class"]], pct(r["top1"]), pct(r["top5"]),
-             f"{100 * (r['top1'] - base['top1']):+.2f}"] for r in res["replaced"]]
     md = (f"# Table 4: intra-dataset replace ({args.modules} <- {args.modules2})\n\n"
-          f"Composed before replacement: top-1 {pct(base['top1'])}, top-5 {pct(base['top5'])}."
-          f"\n\n" + markdown_table(["class replaced", "top-1", "top-5", "delta top-1 (pp)"], rows))
+          + replace_table(res, ds.class_names))
     return res, md
 
 

@@ -68,7 +68,7 @@ def run_reuse(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_replace(args: argparse.Namespace) -> dict[str, Any]:
-    from .reuse import evaluate_replace
+    from .reuse import evaluate_replace, replace_table
 
     target, donor = _modules(args.target), _modules(args.donor)
     ds = _dataset(args.data, args.data_dir)
@@ -79,15 +79,8 @@ def run_replace(args: argparse.Namespace) -> dict[str, Any]:
                else [int(c) for c in target.classes])
     res = evaluate_replace(target, donor, classes, x, y, batch_size=args.batch_size,
                            progress=not args.no_progress)
-    base = res["composed"]
-    rows = [[r["class"], f"{100 * r['top1']:.2f}%", f"{100 * r['top5']:.2f}%",
-             f"{100 * (r['top1'] - base['top1']):+.2f}", f"{100 * (r['top5'] - base['top5']):+.2f}"]
-            for r in res["replaced"]]
     md = (f"# Replace modules of {args.target} with those of {args.donor}\n\n"
-          f"Composed without replacement: top-1 {100 * base['top1']:.2f}%, top-5 "
-          f"{100 * base['top5']:.2f}% on {res['n_images']} test images.\n\n"
-          + markdown_table(["class replaced", "top-1", "top-5", "delta top-1 (pp)",
-                            "delta top-5 (pp)"], rows))
+          + replace_table(res))
     return _finish(args, "replace", res, md)
 
 

@@ -13,8 +13,9 @@
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -70,20 +71,32 @@ def compose_scores(modules: Sequence[Any], x: np.ndarray, batch_size: int = 256,
 
 
 def evaluate_reuse(picks: Sequence[Pick], *, update: bool = False, update_limit: int | None = None,
-                   batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
+                   batch_size: int = 256, progress: bool = False,
+                   measure: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Composed accuracy of the picked modules on their classes' test images (MA) and, with
-    `update`, of the updated modules (MMA)."""
+    `update`, of the updated modules (MMA). `measure(step)`, when given, returns a context
+    manager (e.g. `scenarios.co2.Measurement`) around the "reuse" step (compose + predict) and
+    the "update" step (update + compose + predict); its `.report` is stored as
+    `reuse_cost` / `update_cost`."""
+    timed = measure or (lambda step: contextlib.nullcontext())
     x, y = scenario_data(picks, "test")
-    scores = compose_scores([p.module for p in picks], x, batch_size, progress)
+    with timed("reuse") as m:
+        scores = compose_scores([p.module for p in picks], x, batch_size, progress)
     result: dict[str, Any] = {
         "picks": [p.label for p in picks], "n_images": int(len(y)),
-        "MA": metrics.top_k_accuracy(scores, y, 1)}
+        "MA": metrics.top_k_accuracy(scores, y, 1),
+        "MA_top5": metrics.top_k_accuracy(scores, y, min(5, len(picks)))}
+    if m is not None:
+        result["reuse_cost"] = m.report
     if update:
-        updated = update_modules(picks, limit=update_limit, batch_size=batch_size,
-                                 progress=progress)
-        scores_u = compose_scores(updated, x, batch_size, progress)
+        with timed("update") as mu:
+            updated = update_modules(picks, limit=update_limit, batch_size=batch_size,
+                                     progress=progress)
+            scores_u = compose_scores(updated, x, batch_size, progress)
         result["MMA"] = metrics.top_k_accuracy(scores_u, y, 1)
         result["updated_weight_fraction"] = [m.size().get("weights_fraction") for m in updated]
+        if mu is not None:
+            result["update_cost"] = mu.report
     return result
 
 
@@ -130,3 +143,19 @@ def evaluate_replace(target, donor, classes: Sequence[int], x: np.ndarray, y: np
     return {"composed": {"top1": metrics.top_k_accuracy(base, y, 1, cls),
                          "top5": metrics.top_k_accuracy(base, y, 5, cls)},
             "replaced": rows, "n_images": int(len(y))}
+
+
+def replace_table(res: dict[str, Any], class_names: Sequence[str] | None = None) -> str:
+    """Markdown table of `evaluate_replace`'s result: each replaced class's composed top-1 /
+    top-5 and their change against the composition without replacement."""
+    from ..report import markdown_table
+
+    base = res["composed"]
+    rows = [[class_names[r["class"]] if class_names is not None else r["class"],
+             f"{100 * r['top1']:.2f}%", f"{100 * r['top5']:.2f}%",
+             f"{100 * (r['top1'] - base['top1']):+.2f}",
+             f"{100 * (r['top5'] - base['top5']):+.2f}"] for r in res["replaced"]]
+    return (f"Composed without replacement: top-1 {100 * base['top1']:.2f}%, top-5 "
+            f"{100 * base['top5']:.2f}% on {res['n_images']} test images.\n\n"
+            + markdown_table(["class replaced", "top-1", "top-5", "delta top-1 (pp)",
+                              "delta top-5 (pp)"], rows))
