@@ -14,10 +14,10 @@ with the in-memory Keras model's `predict`.
 Bound: relative error max|ours - keras| / max(max|keras|, tiny) <= 1e-5 per output. Both sides
 compute in float32 but accumulate in different orders (oneDNN's blocked GEMMs vs our direct
 convolution micro-kernels and Numba loops), so a K-term dot product differs by about
-sqrt(K) * eps32 ~ sqrt(K) * 6e-8 relative to its magnitude (a random walk of rounding errors). Here K <= 3*3*18 for convolutions and at
-most a few thousand for a dense layer after Flatten, i.e. <= ~4e-6 in the worst case and ~1e-7
-typically (measured), while any semantic slip (a padding offset, a wrong axis, a missed bias or
-moving statistic) gives errors of order 1e-2..1.
+sqrt(K) * eps32 ~ sqrt(K) * 6e-8 relative to its magnitude (a random walk of rounding errors).
+Here K <= 3*3*18 for convolutions and at most a few thousand for a dense layer after Flatten,
+i.e. <= ~4e-6 in the worst case and ~1e-7 typically (measured), while any semantic slip (a
+padding offset, a wrong axis, a missed bias or moving statistic) gives errors of order 1e-2..1.
 
 Channels_first: the reference for a channels_first model is its channels_last twin (see
 `keras_models.Builder`: same layers and weights, layout-dependent layers run between Permutes),
