@@ -86,7 +86,7 @@ class Conv2D:
 
     def __init__(self, kernel, bias, strides, padding, dilation, act):
         kh, kw, cin, cout = kernel.shape
-        self.kshape, self.cin, self.cout = (kh, kw), cin, cout
+        self.kshape, self.cout = (kh, kw), cout
         kernel = np.asarray(kernel, dtype=np.float32)
         self.strides, self.padding, self.dilation = tuple(strides), padding, tuple(dilation)
         self.blocks = [(c0, nb, pack_kernel(kernel, c0, cb, nb),
