@@ -2,12 +2,10 @@
 parallel pass."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 
-from .epilogue import apply_activation
+from .epilogue import apply_activation, is_plain_relu
 from .threads import parallel_blocks
 
 
@@ -17,7 +15,7 @@ def _add2(a, b, out, code, p0, p1, p2):
     if code == 0:
         for i in range(a.shape[0]):
             out[i] = a[i] + b[i]
-    elif code == 1 and p0 == math.inf and p1 == 0.0 and p2 == 0.0:
+    elif is_plain_relu(code, p0, p1, p2):
         for i in range(a.shape[0]):
             out[i] = max(a[i] + b[i], np.float32(0.0))
     else:

@@ -60,6 +60,12 @@ def _softplus(v):
 
 
 @njit(inline="always")
+def is_plain_relu(code, p0, p1, p2):
+    """max(v, 0): relu without max value, slope or threshold (gets its own vector loop)."""
+    return code == 1 and p0 == math.inf and p1 == 0.0 and p2 == 0.0
+
+
+@njit(inline="always")
 def apply_activation(v, code, p0, p1, p2):
     """Scalar activation (Keras formulas, see refdecomp.ops.reference)."""
     if code == 0:
@@ -141,7 +147,7 @@ def _epilogue_flat(y, bias, code, p0, p1, p2, positions, mask, seen, groups):
     rows, C = y.shape
     has_mask = mask.shape[0] > 0
     has_seen = seen.shape[0] > 0
-    plain_relu = code == 1 and p0 == math.inf and p1 == 0.0 and p2 == 0.0
+    plain_relu = is_plain_relu(code, p0, p1, p2)
     T = C * max(1, FLAT_BLOCK // C)
     bt = np.empty(T, np.float32)                 # bias tiled over a block
     for k in range(T):
@@ -180,7 +186,7 @@ def _epilogue_rows(y, bias, code, p0, p1, p2, positions, mask, msp, msc, seen, s
     rows, C = y.shape
     has_mask = mask.shape[0] > 0
     has_seen = seen.shape[0] > 0
-    plain_relu = code == 1 and p0 == math.inf and p1 == 0.0 and p2 == 0.0
+    plain_relu = is_plain_relu(code, p0, p1, p2)
     for r in range(rows):
         p = r % positions
         if has_seen:

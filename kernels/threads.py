@@ -63,19 +63,20 @@ def parallel_parts(fn, start: int, stop: int) -> None:
     if not getattr(_STATE, "active", False) or w == 1 or n < 2 * w:
         fn(start, stop)
         return
-    parts = max(w, -(-n // PART_IMAGES))
-    bounds = [start + n * i // parts for i in range(parts + 1)]
-    futures = [_pool(w).submit(fn, bounds[i], bounds[i + 1]) for i in range(parts)]
-    for f in futures:
-        f.result()
+    _run_split(fn, start, n, max(w, -(-n // PART_IMAGES)), w)
 
 
-def _pool(w: int) -> ThreadPoolExecutor:
+def _run_split(fn, start: int, n: int, pieces: int, w: int) -> None:
+    """fn over `pieces` contiguous pieces of range(start, start + n) on the pool of `w`
+    workers; returns when all are done (re-raising the first error)."""
     global _POOL
     with _LOCK:
         if _POOL is None:
             _POOL = ThreadPoolExecutor(max_workers=w, thread_name_prefix="refdecomp")
-    return _POOL
+    bounds = [start + n * i // pieces for i in range(pieces + 1)]
+    futures = [_POOL.submit(fn, bounds[i], bounds[i + 1]) for i in range(pieces)]
+    for f in futures:
+        f.result()
 
 
 def parallel_blocks(fn, n: int) -> None:
@@ -85,8 +86,4 @@ def parallel_blocks(fn, n: int) -> None:
     if not getattr(_STATE, "active", False) or w == 1 or n < 2:
         fn(0, n)
         return
-    blocks = min(n, BLOCKS_PER_WORKER * w)     # several per worker: balances uneven load
-    bounds = [n * i // blocks for i in range(blocks + 1)]
-    futures = [_pool(w).submit(fn, bounds[i], bounds[i + 1]) for i in range(blocks)]
-    for f in futures:
-        f.result()
+    _run_split(fn, 0, n, min(n, BLOCKS_PER_WORKER * w), w)   # several per worker: balance

@@ -126,13 +126,13 @@ class Model:
             for res, name in zip(results, out_names):
                 res[start:stop] = values[name]
 
+        if self.engine == "numba":
+            from kernels.threads import parallel_parts  # noqa: PLC0415
+        else:
+            def parallel_parts(fn, start, stop):
+                fn(start, stop)
         for start in starts:
-            stop = min(start + batch_size, n)
-            if self.engine == "numba":
-                from kernels.threads import parallel_parts  # noqa: PLC0415
-                parallel_parts(run_part, start, stop)
-            else:
-                run_part(start, stop)
+            parallel_parts(run_part, start, min(start + batch_size, n))
 
     def summary(self) -> str:
         """Text table of the source graph: layer, class, output shape, parameters, MACs."""

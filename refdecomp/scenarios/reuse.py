@@ -94,7 +94,7 @@ def evaluate_reuse(picks: Sequence[Pick], *, update: bool = False, update_limit:
                                      progress=progress)
             scores_u = compose_scores(updated, x, batch_size, progress)
         result["MMA"] = metrics.top_k_accuracy(scores_u, y, 1)
-        result["updated_weight_fraction"] = [m.size().get("weights_fraction") for m in updated]
+        result["updated_weight_fraction"] = [u.size().get("weights_fraction") for u in updated]
         if mu is not None:
             result["update_cost"] = mu.report
     return result
