@@ -3,15 +3,42 @@
 #   bash tools/bootstrap.sh demo [refdecomp demo options]   # the main job, offline, embedded default
 #   bash tools/bootstrap.sh test [pytest options]           # the test suite (installs the Keras oracles)
 #   bash tools/bootstrap.sh cli <refdecomp arguments>       # any other refdecomp command
+#
+# Everything is installed into a virtual environment, never into the system interpreter:
+#   - an already active one ($VIRTUAL_ENV), if any;
+#   - otherwise ./.venv, created on first use with $PYTHON (default: python3).
+# Afterwards run refdecomp as .venv/bin/refdecomp ... (or `source .venv/bin/activate`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
 what=${1:-demo}
 shift || true
 
+die() { echo "bootstrap: $*" >&2; exit 2; }
+
+make_venv() {  # create ./.venv with $PYTHON; works where ensurepip is missing (Debian without python3-venv)
+  local base=${PYTHON:-python3}
+  command -v "$base" >/dev/null || die "no '$base' on PATH; set PYTHON=/path/to/python3 (3.11 or newer)"
+  "$base" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+    die "$base is Python $("$base" -c 'import sys; print(sys.version.split()[0])'); refdecomp needs 3.11 or newer (set PYTHON=)"
+  if "$base" -m venv .venv 2>/dev/null; then return; fi
+  # No ensurepip: make the venv without pip, then run pip straight from its wheel to install itself.
+  rm -rf .venv
+  "$base" -m venv --without-pip .venv || die "'$base -m venv' failed; install your distribution's venv package (Debian: apt-get install python3-venv)"
+  .venv/bin/python tools/fetch_pip.py .venv/pip.whl || die "could not get pip for .venv (offline?); install python3-venv and retry"
+  .venv/bin/python .venv/pip.whl/pip install -q --disable-pip-version-check .venv/pip.whl
+  rm -f .venv/pip.whl
+}
+
+if [[ -n ${VIRTUAL_ENV:-} && -x $VIRTUAL_ENV/bin/python ]]; then
+  PY=$VIRTUAL_ENV/bin/python
+else
+  [[ -x .venv/bin/python ]] || make_venv
+  PY=$PWD/.venv/bin/python
+fi
+
 install() {  # install the project with the given extra once per pyproject.toml version
-  local extra=$1 stamp=".bootstrap-$1.stamp"
-  local want; want=$(sha256sum pyproject.toml | cut -c1-16)
+  local extra=$1 stamp; stamp="$("$PY" -c 'import sys; print(sys.prefix)')/.refdecomp-bootstrap-$1"
+  local want; want="$(sha256sum pyproject.toml | cut -c1-16) $PWD"
   # installed (from this checkout, checked outside it so the working folder does not count)?
   if [[ -f $stamp && $(cat "$stamp") == "$want" ]] &&
      (cd / && "$PY" -c "import refdecomp, sys; sys.exit(not refdecomp.__file__.startswith('$PWD/'))") 2>/dev/null; then
@@ -27,7 +54,10 @@ install() {  # install the project with the given extra once per pyproject.toml 
 
 case "$what" in
   demo) install cli; exec "$PY" -m refdecomp demo "$@" ;;
-  test) install test; exec "$PY" -m pytest -n 2 "$@" ;;
+  test) install test
+        # The shared data and Keras corpus beside the project, when present (tests skip without them).
+        if [[ -z ${REFDECOMP_DATA:-} && -d ../shared/data ]]; then export REFDECOMP_DATA=$PWD/../shared/data; fi
+        exec "$PY" -m pytest -n 2 "$@" ;;
   cli)  install cli;  exec "$PY" -m refdecomp "$@" ;;
   *) echo "usage: bash tools/bootstrap.sh demo|test|cli [args...]" >&2; exit 2 ;;
 esac
