@@ -126,6 +126,7 @@ def cmd_decompose(args: argparse.Namespace) -> int:
     ds = _load_data(args)
     t0 = time.perf_counter()
     ms = decompose(model, _x(ds.x_train), ds.y_train, backtrack=args.backtrack, delta=args.delta,
+                   delta_scale=args.delta_scale, channeling=args.channeling,
                    seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
                    class_names=list(ds.class_names), data=describe(ds, "train"))
     seconds = time.perf_counter() - t0
@@ -170,7 +171,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     result = run_decomposition_experiment(
         model_path, args.data, data_dir=args.data_dir, limit=args.limit,
         backtrack=args.backtrack, delta=args.delta, seed=args.seed, out_dir=args.out,
-        batch_size=args.batch_size, progress=not args.no_progress)
+        batch_size=args.batch_size, progress=not args.no_progress,
+        delta_scale=args.delta_scale, channeling=args.channeling)
     _emit(args, result["data"], result["markdown"])
     return 0
 
@@ -216,7 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     def decomposition_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--backtrack", choices=["none", "last_conv", "input"], default="last_conv")
-        p.add_argument("--delta", type=float, default=0.5)
+        p.add_argument("--delta", type=float, default=0.5,
+                       help="MC-BLN's head-input removal threshold (default: 0.5)")
+        p.add_argument("--delta-scale", choices=["relative", "absolute"], default="relative",
+                       help="relative: threshold = delta x max|W| of the head kernel; "
+                            "absolute: delta itself, as in the paper (default: relative)")
+        p.add_argument("--channeling", choices=["mean", "logsumexp"], default="mean",
+                       help="unconcerned output: mean of the other logits (the paper) or their "
+                            "log-sum-exp (a module's P(concerned) = the model's P(class); "
+                            "default: mean)")
         p.add_argument("--seed", type=int, default=0)
 
     p = add("decompose", cmd_decompose, "decompose a model into one module per class")

@@ -123,17 +123,20 @@ def evaluation_report(ms, ds, *, batch_size: int = 256, progress: bool = True,
 def run_decomposition_experiment(model_path: str, data: str, *, data_dir: str | None = None,
                                  limit: int | None = None, backtrack: str = "last_conv",
                                  delta: float = 0.5, seed: int = 0, out_dir: str = "out/demo",
-                                 batch_size: int = 256, progress: bool = True) -> dict[str, Any]:
-    """Load, decompose on the training split, save the modules, evaluate on the test split."""
+                                 batch_size: int = 256, progress: bool = True,
+                                 **build_options: Any) -> dict[str, Any]:
+    """Load, decompose on the training split, save the modules, evaluate on the test split.
+    `build_options` (delta_rule, delta_scale, channeling) go to `build_modules`."""
     return run_decomposition_settings(
         model_path, data, {backtrack: out_dir}, data_dir=data_dir, limit=limit, delta=delta,
-        seed=seed, batch_size=batch_size, progress=progress)[backtrack]
+        seed=seed, batch_size=batch_size, progress=progress, **build_options)[backtrack]
 
 
 def run_decomposition_settings(model_path: str, data: str, out_dirs: dict[str, str], *,
                                data_dir: str | None = None, limit: int | None = None,
                                delta: float = 0.5, seed: int = 0, batch_size: int = 256,
-                               progress: bool = True) -> dict[str, dict[str, Any]]:
+                               progress: bool = True,
+                               **build_options: Any) -> dict[str, dict[str, Any]]:
     """`run_decomposition_experiment` for several backtracking settings (`out_dirs`: setting
     -> report folder) from one load and one recording pass. Each setting's
     `decompose_seconds` is that pass plus its own module building, as if run alone."""
@@ -154,7 +157,8 @@ def run_decomposition_settings(model_path: str, data: str, out_dirs: dict[str, s
     for backtrack, out_dir in out_dirs.items():
         t0 = time.perf_counter()
         ms = build_modules(model, obs, backtrack=backtrack, delta=delta,
-                           class_names=list(ds.class_names), data=describe(ds, "train"))
+                           class_names=list(ds.class_names), data=describe(ds, "train"),
+                           **build_options)
         build_seconds = time.perf_counter() - t0
         out = Path(out_dir)
         modules_path = ms.save(out / "modules.h5")

@@ -478,6 +478,8 @@ def _node_layers(node: Node, own_name: str, inbound: list[str], graph: Graph, na
         return add("Activation", {"activation": "linear"})
     if op == "softmax":
         return add("Softmax", {"axis": int(a.get("axis", -1))})
+    if op == "channel_logsumexp":
+        return add("ChannelLogSumExp", {"class_index": int(a["class_index"])})
     if op == "prelu":
         shared = a.get("shared_axes")
         return add("PReLU", {"shared_axes": list(shared) if shared else None},

@@ -39,6 +39,8 @@ normalization      axis (tuple), epsilon-free Keras 3 formula:                  
                    (x - mean) / max(sqrt(variance), 1e-7)
 zero_pad2d         padding ((top,bottom),(left,right)), data_format              -
 identity           - (Dropout, SpatialDropout2D, GaussianNoise, ... at inference) -
+channel_logsumexp  class_index: (N,) logits -> (2,) [z_c, logsumexp of the others]  -
+                   (only in module graphs, "logsumexp" channeling; never read)
 =================  ============================================================  ======================
 
 ACTIVATIONS are given as a dict ``{"name": str, **params}``; names: linear, relu (params
@@ -61,6 +63,7 @@ OPS = frozenset(
         "input", "conv2d", "dense", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
         "global_max_pool2d", "flatten", "reshape", "add", "concatenate", "activation", "prelu",
         "softmax", "batch_norm", "rescaling", "normalization", "zero_pad2d", "identity",
+        "channel_logsumexp",
     }
 )
 

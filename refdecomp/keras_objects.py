@@ -1,4 +1,5 @@
-"""The Keras-side objects exported files need: the `refdecomp>NodeMask` layer.
+"""The Keras-side objects exported files need: the `refdecomp>NodeMask` and
+`refdecomp>ChannelLogSumExp` layers.
 
 Only Keras users call this; the library never imports Keras. `keras_objects()` imports Keras 3
 (`keras`) or Keras 2 (`tf_keras`) on demand and returns the custom objects to pass to
@@ -17,12 +18,14 @@ BACKENDS = ("keras", "tf_keras")
 
 
 def keras_objects(backend: str | None = None) -> dict[str, Any]:
-    """{"NodeMask": layer class} for Keras 3 (``backend="keras"``) or tf_keras (``"tf_keras"``).
+    """{"NodeMask": ..., "ChannelLogSumExp": ...} layer classes for Keras 3 (``backend="keras"``)
+    or tf_keras (``"tf_keras"``).
 
     Without `backend`: tf_keras when TensorFlow is told to use it (``TF_USE_LEGACY_KERAS=1``),
     else Keras 3 when installed, else tf_keras.
     """
-    return {"NodeMask": node_mask_class(_choose_backend(backend))}
+    chosen = _choose_backend(backend)
+    return {"NodeMask": node_mask_class(chosen), "ChannelLogSumExp": channel_class(chosen)}
 
 
 def _choose_backend(backend: str | None) -> str:
@@ -101,3 +104,47 @@ def node_mask_class(backend: str) -> type:
 
     NodeMask.__module__ = __name__
     return register(package="refdecomp", name="NodeMask")(NodeMask)
+
+
+@functools.lru_cache(maxsize=None)
+def channel_class(backend: str) -> type:
+    """Build (once per backend) and register the ChannelLogSumExp layer class."""
+    if backend == "keras":
+        keras = importlib.import_module("keras")
+        base, register = keras.layers.Layer, keras.saving.register_keras_serializable
+        ops = keras.ops
+        concat, logsumexp = ops.concatenate, ops.logsumexp
+    elif backend == "tf_keras":
+        tf_keras = importlib.import_module("tf_keras")
+        tf = importlib.import_module("tensorflow")
+        base, register = tf_keras.layers.Layer, tf_keras.saving.register_keras_serializable
+        concat, logsumexp = tf.concat, tf.reduce_logsumexp
+    else:
+        raise RefdecompError(f"channel_class({backend!r}): choose one of {BACKENDS}")
+
+    class ChannelLogSumExp(base):
+        """(batch, N) logits -> (batch, 2) [z_c, log(sum_{k != c} exp z_k)].
+
+        Written by refdecomp after the head of a module with "logsumexp" channeling.
+        """
+
+        def __init__(self, class_index, **kwargs):
+            super().__init__(**kwargs)
+            self.class_index = int(class_index)
+
+        def call(self, inputs):
+            c = self.class_index
+            others = concat([inputs[:, :c], inputs[:, c + 1:]], axis=-1)
+            return concat([inputs[:, c:c + 1], logsumexp(others, axis=-1, keepdims=True)],
+                          axis=-1)
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0], 2)
+
+        def get_config(self):
+            config = super().get_config()
+            config["class_index"] = self.class_index
+            return config
+
+    ChannelLogSumExp.__module__ = __name__
+    return register(package="refdecomp", name="ChannelLogSumExp")(ChannelLogSumExp)

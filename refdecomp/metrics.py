@@ -2,8 +2,10 @@
 
 Definitions (see docs/algorithm.md):
 
-- composed prediction: the class whose module gives the highest concerned probability; ties go
-  to the lowest class index (`np.argmax` order). top-k ranks those scores.
+- composed prediction: the class whose module gives the largest margin (concerned logit minus
+  unconcerned logit, float32); ties (equal margins) go to the lowest class index (`np.argmax`
+  order). top-k ranks the margins (stable). The margin orders exactly as the concerned
+  probability does in exact arithmetic, but the float32 probability saturates at 1.0.
 - a *node* is an output element (position x channel, or unit) of a conv2d / dense layer; a
   module keeps it when its mask is 1. The head (channeled output layer) is not counted.
 - a *weight* is one kernel entry of a hidden conv2d / dense layer. A module keeps it when at
@@ -45,9 +47,56 @@ def top_k_accuracy(scores: np.ndarray, y: np.ndarray, k: int = 1,
     return float(np.mean(np.any(top == y[:, None], axis=1)))
 
 
-def binary_accuracy(probs2: np.ndarray, y: np.ndarray, c: int) -> float:
-    """Accuracy of a module as a binary classifier: concerned (column 0 >= column 1) <=> y == c."""
-    said = probs2[:, 0] >= probs2[:, 1]
+def margins(logits2: np.ndarray) -> np.ndarray:
+    """(n,) float32 concerned - unconcerned logit of (n, 2) module logits."""
+    logits2 = np.asarray(logits2, dtype=np.float32)
+    return (logits2[:, 0] - logits2[:, 1]).astype(np.float32)
+
+
+def softmax_rows(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax (float32, the largest entry factored out)."""
+    z = np.asarray(z, dtype=np.float32)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+#: Entries below a row's largest margin are capped at this fraction of the largest one's
+#: exponential, so that after normalising the row maximum stays unique (a float64 gap of
+#: several ulps survives the division).
+_BELOW_TOP = 1.0 - 2.0 ** -50
+
+
+def margin_softmax(m: np.ndarray) -> np.ndarray:
+    """(n, k) float64 softmax over margins whose row maximum is unique wherever the largest
+    margin is: `argmax` of the result equals `argmax` of `m` for every row (`ModuleSet.predict`)."""
+    m = np.asarray(m, dtype=np.float64)
+    if m.size == 0:
+        return m.copy()
+    d = m - m.max(axis=1, keepdims=True)          # 0 exactly at the row's largest margins
+    e = np.exp(d)
+    e = np.where(d < 0, np.minimum(e, _BELOW_TOP), e)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def count_top_ties(scores: np.ndarray) -> int:
+    """Rows whose largest score is shared by two or more columns (decided by column order)."""
+    scores = np.asarray(scores)
+    if scores.size == 0:
+        return 0
+    return int(np.sum((scores == scores.max(axis=1, keepdims=True)).sum(axis=1) > 1))
+
+
+def binary_accuracy(margin: np.ndarray, y: np.ndarray, c: int) -> float:
+    """Accuracy of a module as a binary classifier: concerned (margin >= 0, i.e.
+    P(concerned) >= P(unconcerned)) <=> y == c. `margin` (n,) or (n, 2) probabilities/logits."""
+    margin = np.asarray(margin)
+    said = margin[:, 0] >= margin[:, 1] if margin.ndim == 2 else margin >= 0
+    return float(np.mean(said == (np.asarray(y).reshape(-1) == c)))
+
+
+def one_vs_rest_accuracy(probs: np.ndarray, y: np.ndarray, c: int) -> float:
+    """The model's own accuracy on "is it class c": P_model(c) >= 0.5 <=> y == c."""
+    said = np.asarray(probs)[:, c] >= 0.5
     return float(np.mean(said == (np.asarray(y).reshape(-1) == c)))
 
 

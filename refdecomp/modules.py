@@ -26,21 +26,29 @@ from .errors import DataError, ModuleFileError, RefdecompError
 from .graph import Graph
 
 FORMAT = "refdecomp-modules"
-FORMAT_VERSION = 1
+#: 2: a module's `channeling` ("mean" | "logsumexp"; a "logsumexp" head is N wide).
+#: Version 1 files (no channeling attribute, "mean" heads) still load.
+FORMAT_VERSION = 2
 
 
 class Module:
-    """The module of one class: masks on the shared model plus a two-unit channeled head."""
+    """The module of one class: masks on the shared model plus a channeled head.
+
+    `channeling` is "mean" (the paper's rule; `head_kernel` (in, 2)) or "logsumexp"
+    (`head_kernel` the model's full (in, N) head; see `refdecomp.decompose.channeling`).
+    """
 
     def __init__(self, model, class_index: int, head_kernel: np.ndarray, head_bias: np.ndarray,
                  masks: Mapping[str, np.ndarray], *, class_name: str | None = None,
                  info: dict[str, Any] | None = None,
-                 active: Mapping[str, np.ndarray] | None = None):
-        from .decompose.channeling import find_head
+                 active: Mapping[str, np.ndarray] | None = None, channeling: str = "mean"):
+        from .decompose.channeling import check_channeling, find_head
 
+        check_channeling(channeling)
         self.source_model = model
         self.class_index = int(class_index)
         self.class_name = class_name
+        self.channeling = channeling
         self.head_kernel = np.asarray(head_kernel, dtype=np.float32)
         self.head_bias = np.asarray(head_bias, dtype=np.float32)
         self.masks = {k: np.asarray(v, dtype=np.uint8) for k, v in masks.items()}
@@ -50,6 +58,14 @@ class Module:
                        if active is not None else dict(self.masks))
         self.info = dict(info or {})
         self._head, self._tail = find_head(model.graph)
+        width = 2 if channeling == "mean" else self._head.weights["kernel"].shape[1]
+        if self.head_kernel.shape != (self._head.weights["kernel"].shape[0], width) or \
+                self.head_bias.shape != (width,):
+            raise ModuleFileError(
+                f"module of class {self.class_index}: head kernel {self.head_kernel.shape} / "
+                f"bias {self.head_bias.shape} do not fit the model's head "
+                f"{self._head.name!r} with {channeling!r} channeling "
+                f"(expected ({self._head.weights['kernel'].shape[0]}, {width}) / ({width},))")
         self._graph: Graph | None = None
         self._model = None
 
@@ -62,13 +78,19 @@ class Module:
         return self._head.name
 
     @property
+    def head_input(self) -> str:
+        """Name of the execution-graph node whose output the head reads (the features)."""
+        return self._head.inputs[0]
+
+    @property
     def graph(self) -> Graph:
         """The model's execution graph with this module's channeled head."""
         if self._graph is None:
             from .decompose.channeling import channeled_graph
 
             self._graph = channeled_graph(self.source_model.graph, self._head, self._tail,
-                                          self.head_kernel, self.head_bias)
+                                          self.head_kernel, self.head_bias, self.channeling,
+                                          self.class_index)
         return self._graph
 
     @property
@@ -78,9 +100,32 @@ class Module:
             self._model = self.source_model.with_graph(self.graph)
         return self._model
 
+    def features(self, x, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        """(n, ...) float32 values of the head's input (`head_input`) with this module's masks."""
+        return self.source_model.run(x, batch_size, masks=self.masks,
+                                     outputs=[self.head_input], progress=progress)[0]
+
+    def head_logits(self, features: np.ndarray) -> np.ndarray:
+        """(n, 2) float32 logits [concerned, unconcerned] of the channeled head on `features`."""
+        from .decompose.channeling import head_logits
+
+        return head_logits(features, self.head_kernel, self.head_bias, self.class_index,
+                           self.channeling)
+
+    def logits(self, x, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        """(n, 2) float32 logits [concerned, unconcerned] for images `x`."""
+        return self.head_logits(self.features(x, batch_size, progress))
+
+    def decision_function(self, x, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        """(n,) float32 margins: concerned logit - unconcerned logit (> 0: "concerned").
+
+        Orders images exactly as P(concerned) does, without the float32 saturation of the
+        probability (which is exactly 1.0 for margins above about 17)."""
+        return metrics.margins(self.logits(x, batch_size, progress))
+
     def predict(self, x, batch_size: int = 256, progress: bool = False) -> np.ndarray:
-        """(n, 2) probabilities [concerned, unconcerned] for images `x`."""
-        return self.model.run(x, batch_size, masks=self.masks, progress=progress)[0]
+        """(n, 2) probabilities [concerned, unconcerned] for images `x` (softmax of `logits`)."""
+        return metrics.softmax_rows(self.logits(x, batch_size, progress))
 
     def size(self) -> dict[str, float]:
         """Nodes and weights kept (see `refdecomp.metrics` for the definitions)."""
@@ -140,31 +185,46 @@ class ModuleSet:
         """Class index of each module, in column order of `predict`."""
         return np.array([m.class_index for m in self.modules], dtype=np.int64)
 
+    def decision_function(self, x, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        """(n, n_modules) float32 margins (`Module.decision_function`); column j belongs to
+        class `classes[j]`. Composition ranks these."""
+        cols = [m.decision_function(x, batch_size, progress) for m in self.modules]
+        return np.stack(cols, axis=1) if cols else np.zeros((_n(x), 0), np.float32)
+
     def predict(self, x, batch_size: int = 256, progress: bool = False) -> np.ndarray:
-        """(n, n_modules) concerned probabilities; column j belongs to class `classes[j]`."""
-        cols = [m.predict(x, batch_size, progress)[:, 0] for m in self.modules]
-        return np.stack(cols, axis=1) if cols else np.zeros((0, 0), np.float32)
+        """(n, n_modules) composed scores: a softmax over the modules' margins (float64).
+
+        A ranking score, not a calibrated probability: rows sum to 1 and `argmax` along axis 1
+        gives the composed class column exactly as `decision_function(x).argmax(1)` does
+        (`refdecomp.metrics.margin_softmax`)."""
+        return metrics.margin_softmax(self.decision_function(x, batch_size, progress))
 
     def predict_classes(self, x, batch_size: int = 256) -> np.ndarray:
-        """Composed prediction: the class of the most confident module (ties: lowest column)."""
-        return metrics.composed_predict(self.predict(x, batch_size), self.classes)
+        """Composed prediction: the class of the module with the largest margin (ties: lowest
+        column)."""
+        return metrics.composed_predict(self.decision_function(x, batch_size), self.classes)
 
     def evaluate(self, x, y, batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
-        """Composed top-1 / top-5 accuracy and, per module, binary accuracy, size and Jaccard."""
+        """Composed top-1 / top-5 accuracy (modules ranked by margin) and, per module: binary
+        accuracy beside the model's own one-vs-rest accuracy (P_model(c) >= 0.5), size and
+        Jaccard."""
         y = np.asarray(y).reshape(-1)
         if y.shape[0] != _n(x):
             raise DataError(f"evaluate: {y.shape[0]} labels for {_n(x)} images")
-        per, cols = [], []
-        for m in self.modules:
-            p = m.predict(x, batch_size, progress)
-            cols.append(p[:, 0])
+        model_probs = self.model.predict(x, batch_size)
+        per = []
+        margins = self.decision_function(x, batch_size, progress)
+        for j, m in enumerate(self.modules):
             per.append({"class": m.class_index, "class_name": m.class_name,
-                        "binary_accuracy": metrics.binary_accuracy(p, y, m.class_index),
+                        "binary_accuracy": metrics.binary_accuracy(margins[:, j], y,
+                                                                   m.class_index),
+                        "model_binary_accuracy": metrics.one_vs_rest_accuracy(
+                            model_probs, y, m.class_index),
                         **m.size(), **{f"jaccard_{k}": v for k, v in m.jaccard().items()}})
-        scores = np.stack(cols, axis=1)
-        return {"top1": metrics.top_k_accuracy(scores, y, 1, self.classes),
-                "top5": metrics.top_k_accuracy(scores, y, 5, self.classes),
+        return {"top1": metrics.top_k_accuracy(margins, y, 1, self.classes),
+                "top5": metrics.top_k_accuracy(margins, y, 5, self.classes),
                 "n_images": int(y.size),
+                "ties_top1": metrics.count_top_ties(margins),
                 "mean_jaccard_values": float(np.mean([r["jaccard_values"] for r in per])),
                 "mean_jaccard_set": float(np.mean([r["jaccard_set"] for r in per])),
                 "modules": per}
@@ -197,6 +257,7 @@ class ModuleSet:
                     grp = f.create_group(f"modules/{i}")
                     grp.attrs["class_index"] = m.class_index
                     grp.attrs["class_name"] = json.dumps(m.class_name)
+                    grp.attrs["channeling"] = m.channeling
                     grp.attrs["info"] = json.dumps(m.info, default=str)
                     grp.create_dataset("head_kernel", data=m.head_kernel)
                     grp.create_dataset("head_bias", data=m.head_bias)
@@ -258,6 +319,7 @@ def load_modules(path, model=None) -> ModuleSet:
                                   grp["head_bias"][()], maps["masks"],
                                   class_name=json.loads(grp.attrs["class_name"]),
                                   info=json.loads(grp.attrs["info"]),
+                                  channeling=str(grp.attrs.get("channeling", "mean")),
                                   active=maps["active"] or None))
         return ModuleSet(modules, model, options=json.loads(a["options"]),
                          data=json.loads(a["data"]), class_names=json.loads(a["class_names"]))

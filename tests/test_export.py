@@ -479,7 +479,8 @@ def _keras_cnn(path, seed=0):
 
 @pytest.mark.keras
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_decomposed_module_exports_and_matches(tmp_path, backend):
+@pytest.mark.parametrize("channeling", ["mean", "logsumexp"])
+def test_decomposed_module_exports_and_matches(tmp_path, backend, channeling):
     from refdecomp import decompose
     from refdecomp.reader import read_graph
 
@@ -489,7 +490,7 @@ def test_decomposed_module_exports_and_matches(tmp_path, backend):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 12, 12, 1)).astype(np.float32)
     y = np.argmax(model.predict(x), axis=1)
-    ms = decompose(model, x, y)
+    ms = decompose(model, x, y, channeling=channeling)
     module = ms[int(y[0])]
     assert module.masks and any((m == 0).any() for m in module.masks.values())
     want = module.predict(x[:20])

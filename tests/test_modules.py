@@ -83,14 +83,26 @@ def test_composition_and_evaluate_against_independent_scores():
     model = _net()
     x, y = _data(model)
     ms = refdecomp.decompose(model, x, y, backtrack="last_conv")
-    scores = np.stack([ms[c].predict(x)[:, 0] for c in range(4)], axis=1)
-    np.testing.assert_array_equal(ms.predict(x), scores)
+    _, pre = forward(model.graph, x)                      # brute-force oracle, float64
+    margins = []
+    for c in range(4):
+        m = ms[c]
+        feats = (np.maximum(pre["c"], 0) * m.masks["c"]).reshape(len(x), -1)
+        z = feats @ m.head_kernel.astype(np.float64) + m.head_bias
+        margins.append(z[:, 0] - z[:, 1])
+    margins = np.stack(margins, axis=1)
+    np.testing.assert_allclose(ms.decision_function(x), margins, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(ms.predict(x).argmax(axis=1),
+                                  ms.decision_function(x).argmax(axis=1))
+    np.testing.assert_allclose(ms.predict(x).sum(axis=1), 1.0)
     ev = ms.evaluate(x, y)
-    assert ev["top1"] == pytest.approx(np.mean(scores.argmax(axis=1) == y))
+    assert ev["top1"] == pytest.approx(np.mean(margins.argmax(axis=1) == y))
     assert ev["top5"] == 1.0  # 4 classes
+    probs = model.predict(x)
     for c, row in enumerate(ev["modules"]):
-        p = ms[c].predict(x)
-        assert row["binary_accuracy"] == pytest.approx(np.mean((p[:, 0] >= p[:, 1]) == (y == c)))
+        assert row["binary_accuracy"] == pytest.approx(np.mean((margins[:, c] >= 0) == (y == c)))
+        assert row["model_binary_accuracy"] == pytest.approx(
+            np.mean((probs[:, c] >= 0.5) == (y == c)))
         assert 0 <= row["jaccard_values"] <= 1 and 0 <= row["jaccard_set"] <= 1
 
 

@@ -18,12 +18,14 @@ import numpy as np
 from ..errors import DataError, RefdecompError
 from ..graph import WEIGHTED_OPS
 from .backtrack import MODES, prune_masks
-from .channeling import DELTA_RULES, channel_weights, channeled_graph, delta_removals, find_head
+from .channeling import (CHANNELINGS, DELTA_RULES, DELTA_SCALES, channel_weights,
+                         channeled_graph, check_channeling, delta_removals, delta_threshold,
+                         find_head, head_weights)
 from .concern import keep_masks
 from .recording import GroupPlan, check_labels, plan_groups
 
 __all__ = ["decompose", "observe", "build_modules", "Observation", "BACKTRACK_MODES",
-           "DELTA_RULES"]
+           "DELTA_RULES", "DELTA_SCALES", "CHANNELINGS"]
 
 #: "none": CI + TI + channeling (Table 1, "CI+TI+MC"); "last_conv": + MC-BLN; "input": + MC-BI.
 BACKTRACK_MODES = ("none", *MODES)
@@ -46,26 +48,32 @@ class Observation:
 
 
 def decompose(model, x, y, *, backtrack: str = "last_conv", delta: float = 0.5,
-              delta_rule: str = DEFAULT_DELTA_RULE, tangling: str | int = "balanced",
+              delta_rule: str = DEFAULT_DELTA_RULE, delta_scale: str = "relative",
+              channeling: str = "mean", tangling: str | int = "balanced",
               seed: int = 0, batch_size: int = 256, progress: bool = False,
               class_names: Sequence[str] | None = None, data: str = ""):
     """Decompose `model` into one module per output class, observing images `x` labelled `y`.
 
     `model`: a `refdecomp.interpreter.Model` or a path to a Keras model file. `x`: images as
     the model takes them (batch first); `y`: class indices (or one-hot). `backtrack`: "none",
-    "last_conv" (MC-BLN, the paper's choice) or "input" (MC-BI). `delta`, `delta_rule`: MC-BLN's
-    removal of head inputs (not used with backtrack="none"). `tangling`: "balanced"
+    "last_conv" (MC-BLN, the paper's choice) or "input" (MC-BI). `delta`, `delta_rule`,
+    `delta_scale`: MC-BLN's removal of head inputs (not used with backtrack="none"); with
+    `delta_scale="relative"` (default) the threshold is delta x max|W| of the head kernel, with
+    "absolute" it is delta itself (the paper). `channeling`: "mean" (the paper's unconcerned
+    output, the mean of the other classes' logits) or "logsumexp" (P(concerned) is then the
+    model's own softmax probability of the class). `tangling`: "balanced"
     (floor(E/(N-1)) inputs of each other class, Section 3.3), "none", or a fixed int. `seed`
     picks the tangling samples. `data` is a free-text description stored with the modules.
     Returns a `refdecomp.modules.ModuleSet` with `ms[c]` the module of class c.
 
     The same as `build_modules(model, observe(model, x, y, ...), ...)`.
     """
-    _check_build_options(backtrack, delta_rule)
+    _check_build_options(backtrack, delta, delta_rule, delta_scale, channeling)
     model = _as_model(model)
     obs = observe(model, x, y, tangling=tangling, seed=seed, batch_size=batch_size,
                   progress=progress)
     return build_modules(model, obs, backtrack=backtrack, delta=delta, delta_rule=delta_rule,
+                         delta_scale=delta_scale, channeling=channeling,
                          class_names=class_names, data=data)
 
 
@@ -87,12 +95,13 @@ def observe(model, x, y, *, tangling: str | int = "balanced", seed: int = 0,
 
 def build_modules(model, obs: Observation, *, backtrack: str = "last_conv",
                   delta: float = 0.5, delta_rule: str = DEFAULT_DELTA_RULE,
+                  delta_scale: str = "relative", channeling: str = "mean",
                   class_names: Sequence[str] | None = None, data: str = ""):
     """One module per class from an `Observation` of `model` (see `decompose` for the
     arguments): concern and tangling identification, channeling, and backtracking."""
     from ..modules import Module, ModuleSet
 
-    _check_build_options(backtrack, delta_rule)
+    _check_build_options(backtrack, delta, delta_rule, delta_scale, channeling)
     model = _as_model(model)
     graph = model.graph
     head, tail = find_head(graph)
@@ -105,25 +114,30 @@ def build_modules(model, obs: Observation, *, backtrack: str = "last_conv",
     if set(obs.seen) != set(hidden) or obs.plan.tangling.shape[0] != n_classes:
         raise DataError("build_modules: the observation was recorded on a different model")
     plan, seen = obs.plan, obs.seen
+    threshold = delta_threshold(kernel, delta, delta_scale)
     options: dict[str, Any] = {"backtrack": backtrack, "delta": float(delta),
-                               "delta_rule": delta_rule, "tangling": obs.tangling,
-                               "seed": obs.seed}
+                               "delta_rule": delta_rule, "delta_scale": delta_scale,
+                               "delta_threshold": threshold, "channeling": channeling,
+                               "tangling": obs.tangling, "seed": obs.seed}
     modules = []
     for c in range(n_classes):
-        k2, b2 = channel_weights(kernel, bias, c)
+        hk, hb = head_weights(kernel, bias, c, channeling)
         masks = active = keep_masks(seen, plan.module_groups[c], hidden)
-        removed = np.zeros(k2.shape[0], dtype=bool)
+        removed = np.zeros(hk.shape[0], dtype=bool)
         if backtrack != "none":
-            removed = delta_removals(k2, delta, delta_rule)
-            k2[removed] = 0
-            g = channeled_graph(graph, head, tail, k2, b2)
+            # the rule reads the mean-channeled weights [W_c, mean of the others] whatever the
+            # channeling; a removed input loses all its outgoing head weights
+            removed = delta_removals(channel_weights(kernel, bias, c)[0], threshold, delta_rule)
+            hk[removed] = 0
+            g = channeled_graph(graph, head, tail, hk, hb, channeling, c)
             masks = prune_masks(g, masks, backtrack, exclude=frozenset({head.name}))
         info = {"observed_images": int(plan.observed(c).sum()),
                 "tangling_per_class": int(plan.tangling[c]),
                 "head_inputs_removed": int(removed.sum())}
-        modules.append(Module(model, c, k2, b2, masks,
+        modules.append(Module(model, c, hk, hb, masks,
                               class_name=None if class_names is None else str(class_names[c]),
-                              info={**info, "backtrack": backtrack}, active=active))
+                              info={**info, "backtrack": backtrack}, active=active,
+                              channeling=channeling))
     data_info = {"description": data, "n_images": obs.n_images,
                  "class_counts": plan.class_counts.tolist(),
                  "tangling_counts": plan.tangling.tolist()}
@@ -131,13 +145,16 @@ def build_modules(model, obs: Observation, *, backtrack: str = "last_conv",
                      class_names=None if class_names is None else list(map(str, class_names)))
 
 
-def _check_build_options(backtrack: str, delta_rule: str) -> None:
+def _check_build_options(backtrack: str, delta, delta_rule: str, delta_scale: str,
+                         channeling: str) -> None:
     if backtrack not in BACKTRACK_MODES:
         raise RefdecompError(f"argument backtrack={backtrack!r}: expected one of "
                              f"{BACKTRACK_MODES}")
     if delta_rule not in DELTA_RULES:
         raise RefdecompError(f"argument delta_rule={delta_rule!r}: expected one of "
                              f"{DELTA_RULES}")
+    delta_threshold(np.ones((1, 1), np.float32), delta, delta_scale)  # checks both
+    check_channeling(channeling)
 
 
 def _hidden(graph, head) -> list[str]:

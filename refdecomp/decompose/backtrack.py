@@ -76,6 +76,11 @@ def _live_inputs(graph: Graph, node: Node, out: np.ndarray, mode: str) -> list[n
         return [_along_axis(out, axes)]
     if op == "add":
         return [out.copy() for _ in node.inputs]
+    if op == "channel_logsumexp":  # concerned reads z_c, unconcerned every other logit
+        c = node.attrs["class_index"]
+        live = np.full(in_shapes[0], bool(out[1]))
+        live[c] = bool(out[0])
+        return [live]
     if op == "dense":
         nz = (node.weights["kernel"] != 0).astype(np.float32)  # (in, out)
         return [(out.astype(np.float32) @ nz.T) > 0]

@@ -43,4 +43,5 @@ def update_module(module, x, *, batch_size: int = 256, progress: bool = False):
                             exclude=frozenset({module.head_name}))
     info = {**module.info, "updated_with_images": module.info.get("updated_with_images", 0) + n}
     return Module(model, module.class_index, module.head_kernel, module.head_bias, masks,
-                  class_name=module.class_name, info=info, active=new_active)
+                  class_name=module.class_name, info=info, active=new_active,
+                  channeling=module.channeling)

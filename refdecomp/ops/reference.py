@@ -252,6 +252,21 @@ def softmax_op(node: Node, inputs) -> np.ndarray:
     return softmax(inputs[0], axis=tuple(axis) if isinstance(axis, (list, tuple)) else axis)
 
 
+def logsumexp_channel(z: np.ndarray, c: int) -> np.ndarray:
+    """(n, 2) float32 [z_c, log(sum_{k != c} exp z_k)] of logits z (n, N): the "logsumexp"
+    channeling of a module's head (stable: the largest other logit is factored out)."""
+    z = np.asarray(z, dtype=np.float32)
+    others = np.delete(z, c, axis=1)
+    top = others.max(axis=1, keepdims=True)
+    top = np.where(np.isfinite(top), top, np.float32(0))
+    lse = top[:, 0] + np.log(np.exp(others - top).sum(axis=1))
+    return np.stack([z[:, c], lse], axis=1).astype(np.float32)
+
+
+def channel_logsumexp(node: Node, inputs) -> np.ndarray:
+    return logsumexp_channel(inputs[0], node.attrs["class_index"])
+
+
 def _broadcast(w: np.ndarray, axes, ndim: int) -> np.ndarray:
     """Reshape per-axis parameters (shape = the sizes of `axes`, counted with the batch axis) so
     they broadcast against an array of rank `ndim`."""
@@ -324,7 +339,7 @@ OPS: dict[str, Callable[[Node, list], np.ndarray]] = {
     "flatten": flatten, "reshape": reshape, "add": add, "concatenate": concatenate,
     "activation": activation, "prelu": prelu, "softmax": softmax_op, "batch_norm": batch_norm,
     "rescaling": rescaling, "normalization": normalization, "zero_pad2d": zero_pad2d,
-    "identity": identity,
+    "identity": identity, "channel_logsumexp": channel_logsumexp,
 }
 
 #: The value before the activation of each weighted op (what recording looks at).

@@ -65,9 +65,10 @@ def scenario_data(picks: Sequence[Pick], split: str = "test",
 
 def compose_scores(modules: Sequence[Any], x: np.ndarray, batch_size: int = 256,
                    progress: bool = False) -> np.ndarray:
-    """(n, len(modules)) concerned probabilities: the voting composition of any modules."""
+    """(n, len(modules)) margins (`Module.decision_function`): the voting composition of any
+    modules ranks them."""
     x = _as_input(x)
-    return np.stack([m.predict(x, batch_size, progress)[:, 0] for m in modules], axis=1)
+    return np.stack([m.decision_function(x, batch_size, progress) for m in modules], axis=1)
 
 
 def evaluate_reuse(picks: Sequence[Pick], *, update: bool = False, update_limit: int | None = None,
@@ -132,7 +133,7 @@ def evaluate_replace(target, donor, classes: Sequence[int], x: np.ndarray, y: np
                         f"{target.classes.tolist()}, donor: {donor.classes.tolist()})")
     x = _as_input(x)
     base = compose_scores(list(target), x, batch_size, progress)
-    donor_scores = {c: donor[c].predict(x, batch_size, progress)[:, 0] for c in classes}
+    donor_scores = {c: donor[c].decision_function(x, batch_size, progress) for c in classes}
     cls = target.classes
     rows = []
     for c in classes:
