@@ -68,17 +68,17 @@ def evaluation_report(ms, ds, *, batch_size: int = 256, progress: bool = True,
     """Evaluate module set `ms` on the test split of `ds`; return {"data", "markdown"} and, with
     `out_dir`, write `report.json`, `report.md` and `modules.png` there."""
     x, y = ds.split("test")
-    if model_figures is None:
-        model_figures = model_accuracy(ms.model, x, y, batch_size, progress)
     t0 = time.perf_counter()
     ev = ms.evaluate(as_input(x), y, batch_size=batch_size, progress=progress)
     eval_seconds = time.perf_counter() - t0
+    if model_figures is None:
+        model_figures = ev["model"]
     names = list(ds.class_names)
     data: dict[str, Any] = {
         "data": describe(ds, "test"),
         "options": ms.options,
         "model": {"top1": model_figures["top1"], "top5": model_figures["top5"]},
-        "composed": {"top1": ev["top1"], "top5": ev["top5"]},
+        "composed": {"top1": ev["top1"], "top5": ev["top5"], "ties_top1": ev["ties_top1"]},
         "cost_pp": {"top1": 100 * (model_figures["top1"] - ev["top1"]),
                     "top5": 100 * (model_figures["top5"] - ev["top5"])},
         "mean_jaccard_values": ev["mean_jaccard_values"],
@@ -93,11 +93,12 @@ def evaluation_report(ms, ds, *, batch_size: int = 256, progress: bool = True,
          ["composed modules", _pct(ev["top1"]), _pct(ev["top5"])],
          ["cost (pp)", f"{data['cost_pp']['top1']:.2f}", f"{data['cost_pp']['top5']:.2f}"]])
     rows = [[r["class"], names[r["class"]] if r["class"] < len(names) else "",
-             _pct(r["binary_accuracy"]), _pct(r["nodes_fraction"]),
-             _pct(r["weights_fraction"]), f"{r['jaccard_values']:.3f}",
-             f"{r['jaccard_set']:.3f}"] for r in ev["modules"]]
-    table = markdown_table(["class", "name", "module accuracy", "nodes kept", "weights kept",
-                            "Jaccard (values)", "Jaccard (set)"], rows)
+             _pct(r["binary_accuracy"]), _pct(r["model_binary_accuracy"]),
+             _pct(r["nodes_fraction"]), _pct(r["weights_fraction"]),
+             f"{r['jaccard_values']:.3f}", f"{r['jaccard_set']:.3f}"] for r in ev["modules"]]
+    table = markdown_table(["class", "name", "module accuracy", "model one-vs-rest",
+                            "nodes kept", "weights kept", "Jaccard (values)", "Jaccard (set)"],
+                           rows)
     timing = "".join(f"- {k.replace('_', ' ')}: {v:.2f} s\n" for k, v in data.items()
                      if k.endswith("_seconds"))
     md = (f"# Decomposition of {data.get('model_file', 'the model')}\n\n"
@@ -110,6 +111,8 @@ def evaluation_report(ms, ds, *, batch_size: int = 256, progress: bool = True,
                          [f"{r['class']} {names[r['class']] if r['class'] < len(names) else ''}"
                           for r in ev["modules"]],
                          {"module accuracy": [r["binary_accuracy"] for r in ev["modules"]],
+                          "model one-vs-rest": [r["model_binary_accuracy"]
+                                                for r in ev["modules"]],
                           "nodes kept": [r["nodes_fraction"] for r in ev["modules"]],
                           "Jaccard (values)": [r["jaccard_values"] for r in ev["modules"]]},
                          command=command_line())

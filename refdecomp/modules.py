@@ -224,6 +224,8 @@ class ModuleSet:
         return {"top1": metrics.top_k_accuracy(margins, y, 1, self.classes),
                 "top5": metrics.top_k_accuracy(margins, y, 5, self.classes),
                 "n_images": int(y.size),
+                "model": {"top1": metrics.top_k_accuracy(model_probs, y, 1),
+                          "top5": metrics.top_k_accuracy(model_probs, y, 5)},
                 "ties_top1": metrics.count_top_ties(margins),
                 "mean_jaccard_values": float(np.mean([r["jaccard_values"] for r in per])),
                 "mean_jaccard_set": float(np.mean([r["jaccard_set"] for r in per])),
