@@ -2,6 +2,8 @@
 brute-force NumPy forward pass (decomp_nets.forward) and hand-made scores."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -216,3 +218,37 @@ def test_relative_delta_removes_the_same_inputs_whatever_the_head_scale(g, seed,
         for c, m in enumerate(a):
             k2 = channel_weights(k, bias, c)[0]
             assert m.info["head_inputs_removed"] == int(((k2[:, 1] >= t) & (k2[:, 0] <= -t)).sum())
+
+
+FSE20_MNIST = (Path(__file__).resolve().parent.parent.parent / "shared" / "keras-corpus"
+               / "decomposeDNNintoModules__MNIST-1_mnist.h5")
+MNIST_DIR = FSE20_MNIST.parent.parent / "data"
+
+
+@pytest.mark.shared
+def test_published_model_with_large_head_weights_composes_to_its_own_accuracy():
+    """The FSE'20 artifact's dense MNIST model (output weights up to 17.8): every image ties at
+    P(concerned) = 1.0 for several "mean" modules, so ranking probabilities falls to about 25%;
+    ranking margins gives the model's accuracy, and the relative delta removes nothing."""
+    if not FSE20_MNIST.exists() or not (MNIST_DIR / "mnist").exists():
+        pytest.skip("needs ../shared (Keras corpus and MNIST)")
+    from refdecomp.datasets import load_dataset
+
+    ds = load_dataset("mnist", data_dir=str(MNIST_DIR))
+    model = refdecomp.load_model(FSE20_MNIST)
+    rng = np.random.default_rng(0)
+    tr = rng.permutation(len(ds.y_train))[:6000]
+    te = rng.permutation(len(ds.y_test))[:1000]
+    x_tr = ds.x_train[tr].astype(np.float32) / 255
+    x_te = ds.x_test[te].astype(np.float32) / 255
+    y_te = ds.y_test[te]
+    model_top1 = np.mean(model.predict(x_te).argmax(axis=1) == y_te)
+    obs = refdecomp.observe(model, x_tr, ds.y_train[tr])
+    ms = refdecomp.build_modules(model, obs)             # defaults: relative delta, mean
+    assert all(m.info["head_inputs_removed"] == 0 for m in ms)
+    ev = ms.evaluate(x_te, y_te)
+    assert ev["top1"] >= model_top1 - 0.005 and ev["ties_top1"] == 0
+    probs = np.stack([m.predict(x_te)[:, 0] for m in ms], axis=1)
+    assert metrics.top_k_accuracy(probs, y_te, 1) < 0.5   # what ranking probabilities gave
+    absolute = refdecomp.build_modules(model, obs, delta_scale="absolute")
+    assert sum(m.info["head_inputs_removed"] for m in absolute) > 0
