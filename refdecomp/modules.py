@@ -185,35 +185,56 @@ class ModuleSet:
         """Class index of each module, in column order of `predict`."""
         return np.array([m.class_index for m in self.modules], dtype=np.int64)
 
-    def decision_function(self, x, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    def decision_function(self, x, batch_size: int = 256, progress: bool = False, *,
+                          client=None) -> np.ndarray:
         """(n, n_modules) float32 margins (`Module.decision_function`); column j belongs to
-        class `classes[j]`. Composition ranks these."""
+        class `classes[j]`. Composition ranks these. With a dask `client`, partitions of `x`
+        are processed on the cluster (`refdecomp.distributed`)."""
+        if client is not None:
+            from .distributed import compose_distributed
+
+            return compose_distributed(client, self, x, batch_size=batch_size,
+                                       progress=progress)[0]
         cols = [m.decision_function(x, batch_size, progress) for m in self.modules]
         return np.stack(cols, axis=1) if cols else np.zeros((_n(x), 0), np.float32)
 
-    def predict(self, x, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    def predict(self, x, batch_size: int = 256, progress: bool = False, *,
+                client=None) -> np.ndarray:
         """(n, n_modules) composed scores: a softmax over the modules' margins (float64).
 
         A ranking score, not a calibrated probability: rows sum to 1 and `argmax` along axis 1
         gives the composed class column exactly as `decision_function(x).argmax(1)` does
         (`refdecomp.metrics.margin_softmax`)."""
-        return metrics.margin_softmax(self.decision_function(x, batch_size, progress))
+        return metrics.margin_softmax(self.decision_function(x, batch_size, progress,
+                                                             client=client))
 
     def predict_classes(self, x, batch_size: int = 256) -> np.ndarray:
         """Composed prediction: the class of the module with the largest margin (ties: lowest
         column)."""
         return metrics.composed_predict(self.decision_function(x, batch_size), self.classes)
 
-    def evaluate(self, x, y, batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
+    def evaluate(self, x, y, batch_size: int = 256, progress: bool = False, *,
+                 client=None) -> dict[str, Any]:
         """Composed top-1 / top-5 accuracy (modules ranked by margin) and, per module: binary
         accuracy beside the model's own one-vs-rest accuracy (P_model(c) >= 0.5), size and
-        Jaccard."""
+        Jaccard. With a dask `client`, the images are processed as partitions on the cluster."""
         y = np.asarray(y).reshape(-1)
         if y.shape[0] != _n(x):
             raise DataError(f"evaluate: {y.shape[0]} labels for {_n(x)} images")
-        model_probs = self.model.predict(x, batch_size)
+        if client is not None:
+            from .distributed import compose_distributed
+
+            margins, model_probs = compose_distributed(client, self, x, batch_size=batch_size,
+                                                       progress=progress)
+        else:
+            model_probs = self.model.predict(x, batch_size)
+            margins = self.decision_function(x, batch_size, progress)
+        return self.figures(margins, model_probs, y)
+
+    def figures(self, margins: np.ndarray, model_probs: np.ndarray,
+                y: np.ndarray) -> dict[str, Any]:
+        """What `evaluate` reports, from the margins and the model's probabilities."""
         per = []
-        margins = self.decision_function(x, batch_size, progress)
         for j, m in enumerate(self.modules):
             per.append({"class": m.class_index, "class_name": m.class_name,
                         "binary_accuracy": metrics.binary_accuracy(margins[:, j], y,

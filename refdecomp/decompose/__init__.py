@@ -51,7 +51,7 @@ def decompose(model, x, y, *, backtrack: str = "last_conv", delta: float = 0.5,
               delta_rule: str = DEFAULT_DELTA_RULE, delta_scale: str = "relative",
               channeling: str = "mean", tangling: str | int = "balanced",
               seed: int = 0, batch_size: int = 256, progress: bool = False,
-              class_names: Sequence[str] | None = None, data: str = ""):
+              class_names: Sequence[str] | None = None, data: str = "", client=None):
     """Decompose `model` into one module per output class, observing images `x` labelled `y`.
 
     `model`: a `refdecomp.interpreter.Model` or a path to a Keras model file. `x`: images as
@@ -64,23 +64,34 @@ def decompose(model, x, y, *, backtrack: str = "last_conv", delta: float = 0.5,
     model's own softmax probability of the class). `tangling`: "balanced"
     (floor(E/(N-1)) inputs of each other class, Section 3.3), "none", or a fixed int. `seed`
     picks the tangling samples. `data` is a free-text description stored with the modules.
-    Returns a `refdecomp.modules.ModuleSet` with `ms[c]` the module of class c.
+    `client`: a `dask.distributed.Client` to run the recording pass on a cluster (see
+    `observe`). Returns a `refdecomp.modules.ModuleSet` with `ms[c]` the module of class c.
 
     The same as `build_modules(model, observe(model, x, y, ...), ...)`.
     """
     _check_build_options(backtrack, delta, delta_rule, delta_scale, channeling)
     model = _as_model(model)
     obs = observe(model, x, y, tangling=tangling, seed=seed, batch_size=batch_size,
-                  progress=progress)
+                  progress=progress, client=client)
     return build_modules(model, obs, backtrack=backtrack, delta=delta, delta_rule=delta_rule,
                          delta_scale=delta_scale, channeling=channeling,
                          class_names=class_names, data=data)
 
 
 def observe(model, x, y, *, tangling: str | int = "balanced", seed: int = 0,
-            batch_size: int = 256, progress: bool = False) -> Observation:
+            batch_size: int = 256, progress: bool = False, client=None) -> Observation:
     """The recording pass of `decompose`: group the images (tangling samples included) and
-    stream them once through `model`, recording activity per group."""
+    stream them once through `model`, recording activity per group.
+
+    With a `dask.distributed.Client`, the images are processed as partitions on its workers
+    (`x`: a dask array, a list of `.npz` shards holding `x` and `y`, or an array) and the
+    records reduced in a tree; the result is the same as in process for any partitioning
+    (`refdecomp.distributed`). The model must then come from a file."""
+    if client is not None:
+        from ..distributed import observe_distributed
+
+        return observe_distributed(client, model, x, y, tangling=tangling, seed=seed,
+                                   batch_size=batch_size, progress=progress)
     model = _as_model(model)
     head, _ = find_head(model.graph)
     n_classes = head.weights["kernel"].shape[1]
