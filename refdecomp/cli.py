@@ -41,6 +41,38 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_cluster(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on a running dask cluster (e.g. tcp://host:8786); needs "
+                        "refdecomp[distributed]")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="start a local dask cluster of N worker processes (1 thread each)")
+
+
+class _Cluster:
+    """`with _Cluster(args) as client:` a dask client for --scheduler / --workers, else None."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args, self.client = args, None
+
+    def __enter__(self):
+        a = self.args
+        if getattr(a, "scheduler", None) or getattr(a, "workers", None):
+            from .distributed import start_client
+
+            self.client = start_client(a.scheduler, a.workers)
+        return self.client
+
+    def __exit__(self, *exc):
+        if self.client is not None:
+            cluster = self.client.cluster if self.args.workers else None
+            self.client.close()
+            if cluster is not None:
+                cluster.close()
+        return False
+
+
 def _load_data(args: argparse.Namespace):
     from .datasets import load_dataset
 
@@ -125,10 +157,13 @@ def cmd_decompose(args: argparse.Namespace) -> int:
     model = _load_model(args)
     ds = _load_data(args)
     t0 = time.perf_counter()
-    ms = decompose(model, _x(ds.x_train), ds.y_train, backtrack=args.backtrack, delta=args.delta,
-                   delta_scale=args.delta_scale, channeling=args.channeling,
-                   seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
-                   class_names=list(ds.class_names), data=describe(ds, "train"))
+    with _Cluster(args) as client:
+        ms = decompose(args.model if client is not None else model, _x(ds.x_train), ds.y_train,
+                       backtrack=args.backtrack, delta=args.delta,
+                       delta_scale=args.delta_scale, channeling=args.channeling,
+                       seed=args.seed, batch_size=args.batch_size,
+                       progress=not args.no_progress, class_names=list(ds.class_names),
+                       data=describe(ds, "train"), client=client)
     seconds = time.perf_counter() - t0
     ms.save(args.out)
     data = {"model": args.model, "modules": args.out, "classes": len(ms),
@@ -144,10 +179,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     ms = load_modules(args.modules, model=args.model)
     ds = _load_data(args)
-    result = evaluation_report(ms, ds, batch_size=args.batch_size, progress=not args.no_progress,
-                               out_dir=args.report_dir,
-                               extra={"model_file": ms.model.source_graph.source or "the model",
-                                      "modules_file": args.modules})
+    with _Cluster(args) as client:
+        result = evaluation_report(ms, ds, batch_size=args.batch_size,
+                                   progress=not args.no_progress, out_dir=args.report_dir,
+                                   extra={"model_file": ms.model.source_graph.source or
+                                          "the model", "modules_file": args.modules},
+                                   client=client)
     _emit(args, result["data"], result["markdown"])
     return 0
 
@@ -230,13 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
 
     p = add("decompose", cmd_decompose, "decompose a model into one module per class")
-    _add_model(p); _add_data(p); _add_common(p); decomposition_options(p)
+    _add_model(p); _add_data(p); _add_common(p); decomposition_options(p); _add_cluster(p)
     p.add_argument("--out", required=True, help="module set file to write (.h5)")
 
     p = add("evaluate", cmd_evaluate, "compose modules and report accuracy, size and Jaccard")
     p.add_argument("modules", help="module set file written by `refdecomp decompose`")
     p.add_argument("--model", help="source model file, if the module file does not embed it")
-    _add_data(p); _add_common(p)
+    _add_data(p); _add_common(p); _add_cluster(p)
     p.add_argument("--report-dir", help="write JSON, Markdown and plots here")
 
     p = add("export", cmd_export, "write one module as a Keras file")

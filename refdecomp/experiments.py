@@ -64,12 +64,12 @@ def model_accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int, progres
 
 def evaluation_report(ms, ds, *, batch_size: int = 256, progress: bool = True,
                       out_dir: str | Path | None = None, model_figures: dict | None = None,
-                      extra: dict | None = None) -> dict[str, Any]:
+                      extra: dict | None = None, client=None) -> dict[str, Any]:
     """Evaluate module set `ms` on the test split of `ds`; return {"data", "markdown"} and, with
     `out_dir`, write `report.json`, `report.md` and `modules.png` there."""
     x, y = ds.split("test")
     t0 = time.perf_counter()
-    ev = ms.evaluate(as_input(x), y, batch_size=batch_size, progress=progress)
+    ev = ms.evaluate(as_input(x), y, batch_size=batch_size, progress=progress, client=client)
     eval_seconds = time.perf_counter() - t0
     if model_figures is None:
         model_figures = ev["model"]

@@ -156,3 +156,24 @@ def test_a_worker_killed_mid_pass_has_its_partitions_recomputed(client, digits):
     assert killed.is_set()
     _same_observation(got, want)
     client.wait_for_workers(2, timeout=60)
+
+
+def test_command_line_runs_on_a_local_cluster(tmp_path, digits, capsys):
+    from refdecomp.cli import main
+
+    out = tmp_path / "m.h5"
+    assert main(["decompose", str(MODEL), "--data", "digits", "--out", str(out), "--workers", "2",
+                 "--no-progress"]) == 0
+    x, y, xt, yt = digits
+    want = refdecomp.decompose(str(MODEL), x, y)
+    got = refdecomp.load_modules(out)
+    for a, b in zip(got, want):
+        for name in b.masks:
+            np.testing.assert_array_equal(a.masks[name], b.masks[name])
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", "digits", "--workers", "2", "--json",
+                 "--no-progress"]) == 0
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    assert report["composed"]["top1"] == pytest.approx(want.evaluate(xt, yt)["top1"])
