@@ -201,6 +201,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_modules(args: argparse.Namespace) -> int:
+    from .audit_modules import run_command
+
+    data, text, status = run_command(args, _load_data(args))
+    _emit(args, data, text)
+    return status
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .experiments import run_decomposition_experiment
 
@@ -265,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "log-sum-exp (a module's P(concerned) = the model's P(class); "
                             "default: mean)")
         p.add_argument("--seed", type=int, default=0)
+
+    p = add("audit-modules", cmd_audit_modules, "audit module files made by any tool (Keras "
+            "files of the model's architecture) against the model's forward pass on a dataset")
+    _add_model(p); _add_data(p); _add_common(p)
+    from .audit_modules import add_arguments as audit_modules_arguments
+
+    audit_modules_arguments(p)
 
     p = add("decompose", cmd_decompose, "decompose a model into one module per class")
     _add_model(p); _add_data(p); _add_common(p); decomposition_options(p); _add_cluster(p)
