@@ -637,6 +637,10 @@ def _named_sets(module_files, classes) -> dict[str, list[tuple[str, int, str]]]:
 def _audit_one(model, mod: ModuleFile, x, y, model_z, counts, seen_by_class, class_sizes,
                batch_size, progress):
     c = mod.class_index
+    if mod.graph.input_shapes() != model.source_graph.input_shapes():
+        raise DataError(f"module file {mod.path!r} takes inputs of shape "
+                        f"{mod.graph.input_shapes()}, the model {model.source_graph.input_shapes()}"
+                        f": it is not a module of this model")
     reference, pairs, mismatch = pair_layers(model, mod)
     weights = effective_weights(mod)
     mod_head = _head(mod.graph)
