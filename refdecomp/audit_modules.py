@@ -923,15 +923,16 @@ def markdown_report(result: dict[str, Any]) -> str:
                 un = row.get("units", {})
                 lrows.append([row["layer"], row["op"], k.get("total", "-"),
                               k.get("unchanged", "-"), k.get("zeroed", "-"),
-                              k.get("rewritten", "-"), k.get("nonzero", "-"),
+                              k.get("rewritten", "-"),
+                              k.get("nonzero", 0) + b.get("nonzero", 0),
                               row.get("live_nonzero", "-"),
                               b.get("unchanged", "-"), b.get("zeroed", "-"),
                               b.get("rewritten", "-"),
                               f"{un['cut_in']}/{un['cut_out']}/{un['removed']} of {un['total']}"
                               if un else row.get("head", "-")])
             lines.append(markdown_table(
-                ["layer", "op", "kernel", "unchanged", "zeroed", "rewritten", "non-zero",
-                 "live non-zero (kernel + bias)", "bias unchanged", "bias zeroed", "bias rewritten",
+                ["layer", "op", "kernel", "unchanged", "zeroed", "rewritten",
+                 "non-zero (kernel + bias)", "live", "bias unchanged", "bias zeroed", "bias rewritten",
                  "units cut in/out/both"], lrows))
             if m.get("masked_nodes"):
                 mn = m["masked_nodes"]

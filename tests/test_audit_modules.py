@@ -26,55 +26,10 @@ from refdecomp.graph import Graph, Node
 
 REPO = Path(__file__).resolve().parent.parent
 
-# -- the hand-made model ------------------------------------------------------------------------
-# 2x2 grey images, flattened to pixels p0..p3; hidden unit k (k < 3) detects pixel k
-# (weight 1, bias -0.5); pixel p3 adds 0.25 to every unit. The head is 2*I - 0.5.
-HAND_W1 = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.25, 0.25, 0.25]], np.float32)
-HAND_B1 = np.full(3, -0.5, np.float32)
-HAND_W2 = (2 * np.eye(3) - 0.5).astype(np.float32)
-HAND_B2 = np.zeros(3, np.float32)
-# Pre-activations (unit 0, 1, 2):   img0 .5 -.5 -.5 | img1 .7 -.3 -.3 | img2 .5 -.4 -.4
-# img3 -.5 .5 -.5 | img4 -.4 .6 -.4 | img5 -.5 -.5 .5 | img6 -.5 .5 .7   (active = > 0)
-HAND_X = np.array([[1, 0, 0, 0], [1, 0, 0, .8], [.9, 0, 0, .4], [0, 1, 0, 0], [0, 1, 0, .4],
-                   [0, 0, 1, 0], [0, 1, 1.2, 0]], np.float32).reshape(7, 2, 2, 1)
-HAND_Y = np.array([0, 0, 0, 1, 1, 2, 2])
-
-
-def hand_graph(w1=HAND_W1, b1=HAND_B1, w2=HAND_W2, b2=HAND_B2, name="hand") -> Graph:
-    nodes = [
-        Node("image", "input", [], (2, 2, 1), {"dtype": "float32"}),
-        Node("flatten", "flatten", ["image"], (4,), {"data_format": "channels_last"}),
-        Node("hidden", "dense", ["flatten"], (3,), {"activation": {"name": "relu"}},
-             {"kernel": np.array(w1, np.float32), "bias": np.array(b1, np.float32)}),
-        Node("out", "dense", ["hidden"], (3,), {"activation": {"name": "softmax", "axis": -1}},
-             {"kernel": np.array(w2, np.float32), "bias": np.array(b2, np.float32)}),
-    ]
-    return Graph(nodes, ["image"], ["out"], name=name)
-
-
-def hand_modules():
-    """{class: (W1, b1, W2, b2)} of three FSE'20-style modules (N outputs kept).
-
-    module 0: hidden units 1 and 2 cut in (columns and biases zeroed), unit 2 also cut out
-              (its row of the head zeroed): unit 1 "cut in", unit 2 "removed";
-    module 1: its own class's unit 1 cut in (flagged: active on both class-1 images), and one
-              head weight rewritten (W2[0, 0] = 3);
-    module 2: head column 0 zeroed (no hidden unit touched).
-    """
-    w1, b1, w2 = HAND_W1.copy(), HAND_B1.copy(), HAND_W2.copy()
-    w1[:, 1:] = 0
-    b1[1:] = 0
-    w2[2, :] = 0
-    m0 = (w1, b1, w2, HAND_B2)
-    w1, b1, w2 = HAND_W1.copy(), HAND_B1.copy(), HAND_W2.copy()
-    w1[:, 1] = 0
-    b1[1] = 0
-    w2[0, 0] = 3.0
-    m1 = (w1, b1, w2, HAND_B2)
-    w2 = HAND_W2.copy()
-    w2[:, 0] = 0
-    m2 = (HAND_W1, HAND_B1, w2, HAND_B2)
-    return {0: m0, 1: m1, 2: m2}
+# -- the hand-made model (tools/audit_example.py, also the README's example) --------------------
+sys.path.insert(0, str(REPO / "tools"))
+from audit_example import (  # noqa: E402
+    HAND_B1, HAND_B2, HAND_W1, HAND_W2, HAND_X, HAND_Y, hand_graph, hand_modules)
 
 
 @pytest.fixture(scope="module")
@@ -385,23 +340,23 @@ def test_bad_arguments(hand_files):
         audit_modules(model_path, files, HAND_X, HAND_Y[:3])
 
 
-def test_command_line(tmp_path, hand_files, capsys):
+def test_command_line(tmp_path, capsys):
     from refdecomp.cli import main
-    from refdecomp.datasets import Dataset, save_npz
 
-    model_path, files = hand_files
-    pixels = np.round(HAND_X * 100).astype(np.uint8)  # datasets hold uint8 pixels
-    data = save_npz(Dataset("hand", pixels, HAND_Y, pixels, HAND_Y, ("a", "b", "c")),
-                    tmp_path / "hand.npz")
+    from audit_example import write_example
+
+    model_path, *files, data = write_example(tmp_path / "example")
     argv = ["audit-modules", str(model_path), "--modules", *map(str, files), "--data", str(data),
             "--scale", "0.01", "--no-progress", "--report-dir", str(tmp_path / "r"),
             "--labels", "hand"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "module1.h5 -> 1 (file name 'module1.h5')" in out
-    assert "| 66.67%" in out  # module 0's hidden weights zeroed: 4 of 12... of the set table
+    assert "cut off though active" in out and "FSE'20 script indexing" in out
     saved = json.loads((tmp_path / "r" / "audit-modules.json").read_text())
     assert saved["model_top1"] == 1.0 and "pixels x 0.01" in saved["data"]
+    m0 = saved["sets"][0]["modules"][0]
+    assert m0["hidden_kernels"]["zeroed"] == 4 and m0["units"]["cut_off"] == 2
     assert (tmp_path / "r" / "audit-modules.json").exists()
     assert main([*argv[:-2], "--classes", "0,1", "--json"]) == 2
     assert "2 classes for 3 module files" in capsys.readouterr().err
