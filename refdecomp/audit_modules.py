@@ -642,6 +642,8 @@ def _audit_one(model, mod: ModuleFile, x, y, model_z, counts, seen_by_class, cla
                         f"{mod.graph.input_shapes()}, the model {model.source_graph.input_shapes()}"
                         f": it is not a module of this model")
     reference, pairs, mismatch = pair_layers(model, mod)
+    if mismatch and mod.kind == "refdecomp-export":
+        mismatch += " (a compact export? audit the module exported without --compact)"
     weights = effective_weights(mod)
     mod_head = _head(mod.graph)
     width = int(mod_head.weights["kernel"].shape[1])
@@ -729,7 +731,9 @@ def _audit_one(model, mod: ModuleFile, x, y, model_z, counts, seen_by_class, cla
                       "cut_off_although_active": len(flagged_rows) if checked else None,
                       "list": flagged_rows + unit_rows}
     if mod.masks:
-        entry["masked_nodes"] = _masked_nodes(model, mod, seen_by_class)
+        to_model_exec = {mod.model.name_map[n.name]: model.name_map.get(m.name)
+                         for m, n in pairs}
+        entry["masked_nodes"] = _masked_nodes(mod, seen_by_class, to_model_exec)
 
     # the module's own forward pass
     z = logits_model(mod.model).run(x, batch_size, masks=mod.masks or None,
@@ -789,17 +793,17 @@ def _audit_one(model, mod: ModuleFile, x, y, model_z, counts, seen_by_class, cla
     return entry, view, extra
 
 
-def _masked_nodes(model, mod: ModuleFile, seen_by_class) -> dict[str, int]:
+def _masked_nodes(mod: ModuleFile, seen_by_class, to_model_exec) -> dict[str, int | None]:
     """For refdecomp exports: nodes (position x channel) masked, and how many of them some
-    image of the module's class made > 0 in the model."""
+    image of the module's class made > 0 in the model (None when not comparable)."""
     masked = active = 0
     for name, mask in mod.masks.items():
         off = np.asarray(mask) == 0
         masked += int(off.sum())
-        seen = seen_by_class.get(name)
+        seen = seen_by_class.get(to_model_exec.get(name))
         if seen is not None and seen.shape[1:] == off.shape:
             active += int((off & seen[mod.class_index]).sum())
-    return {"masked": masked, "masked_although_active": active}
+    return {"masked": masked, "masked_although_active": active if to_model_exec else None}
 
 
 def _composition(views, classes, y, model_pred) -> dict[str, Any] | None:
@@ -932,8 +936,8 @@ def markdown_report(result: dict[str, Any]) -> str:
                               if un else row.get("head", "-")])
             lines.append(markdown_table(
                 ["layer", "op", "kernel", "unchanged", "zeroed", "rewritten",
-                 "non-zero (kernel + bias)", "live", "bias unchanged", "bias zeroed", "bias rewritten",
-                 "units cut in/out/both"], lrows))
+                 "non-zero (kernel + bias)", "live", "bias unchanged", "bias zeroed",
+                 "bias rewritten", "units cut in/out/both"], lrows))
             if m.get("masked_nodes"):
                 mn = m["masked_nodes"]
                 lines.append(f"Masked nodes: {mn['masked']}, of which "
