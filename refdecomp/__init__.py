@@ -30,12 +30,14 @@ __all__ = [
     "build_modules",
     "load_modules",
     "keras_objects",
+    "audit_modules",
 ]
 
 from .decompose import build_modules, decompose, observe  # noqa: E402
 from .modules import load_modules  # noqa: E402
 # The function (which imports Keras only when called) shadows its module's name on purpose.
 from .keras_objects import keras_objects  # noqa: E402
+from .audit_modules import audit_modules  # noqa: E402  (the function, like keras_objects)
 
 
 def load_model(path, architecture=None, *, fold: bool = True):

@@ -57,6 +57,12 @@ def layer(entry, name):
 
 
 # -- weights and units ------------------------------------------------------------------------
+def test_top_level_function(hand_files):
+    model, files = hand_files
+    r = refdecomp.audit_modules(model, files[:1], HAND_X, HAND_Y)
+    assert r["sets"][0]["modules"][0]["class"] == 0
+
+
 def test_model_reads_and_classes_come_from_file_names(hand_audit):
     assert hand_audit["model_top1"] == 1.0
     assert hand_audit["class_counts"] == [3, 2, 2]
