@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import RefdecompError
+from .errors import InternalError, RefdecompError
 from .experiments import as_input as _x
 from .report import markdown_table, print_json
 
@@ -324,8 +324,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
+    except InternalError as exc:
+        return _report_bug(args.command, exc)
     except RefdecompError as exc:
         print(f"refdecomp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        hint = _missing_dependency(exc)
+        if hint is None:
+            return _report_bug(args.command, exc)
+        print(f"refdecomp {args.command}: error: {hint}", file=sys.stderr)
         return 2
     except OSError as exc:  # missing file, permission, a folder where a file was expected, ...
         where = f": {exc.filename}" if exc.filename else ""
@@ -334,3 +342,45 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 -- anything else is a bug in refdecomp
+        return _report_bug(args.command, exc)
+
+
+#: Optional packages by import name: what to install to get them.
+OPTIONAL_PACKAGES = {
+    "keras": "pip install tensorflow-cpu (Keras, only for `audit --against keras`)",
+    "tensorflow": "pip install tensorflow-cpu (only for `audit --against keras`)",
+    "tf_keras": "pip install tf_keras (the Keras 2 dialect, only for `audit --against keras`)",
+    "PIL": "pip install 'refdecomp[cli]' (or pillow)",
+    "sklearn": "pip install 'refdecomp[cli]' (or scikit-learn)",
+    "matplotlib": "pip install 'refdecomp[cli]' (or matplotlib)",
+    "tqdm": "pip install 'refdecomp[cli]' (or tqdm)",
+}
+
+#: Exit status of a bug report (EX_SOFTWARE of sysexits.h): neither success (0), a failed
+#: check (1) nor bad input (2).
+EXIT_BUG = 70
+
+
+def _missing_dependency(exc: ModuleNotFoundError) -> str | None:
+    """One line naming the missing optional package and how to install it; None when the
+    missing module is part of refdecomp itself or required (a broken installation or a bug)."""
+    root = (exc.name or "").split(".")[0]
+    if root in OPTIONAL_PACKAGES:
+        return f"this needs the optional package {root!r}, which is not installed: " \
+               f"{OPTIONAL_PACKAGES[root]}"
+    if root in ("numpy", "numba", "h5py"):
+        return f"the required package {root!r} is not installed: pip install refdecomp " \
+               f"(or {root})"
+    return None
+
+
+def _report_bug(command: str, exc: BaseException) -> int:
+    import traceback
+
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    print(f"refdecomp {command}: internal error: {type(exc).__name__}: {exc}\n"
+          f"This is a bug in refdecomp, not a problem with your input. Please report it with "
+          f"the command line, the traceback above and, if you can, the input files.",
+          file=sys.stderr)
+    return EXIT_BUG

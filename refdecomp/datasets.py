@@ -42,8 +42,9 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .errors import DataError
-from .fileio import atomic_path, file_digest
+from . import limits
+from .errors import DataError, LimitError, RefdecompError
+from .fileio import atomic_path, file_digest, regular_file
 
 __all__ = [
     "Dataset",
@@ -177,23 +178,22 @@ def _text(v) -> str:
 def _cifar_members(path: Path) -> dict[str, bytes]:
     """Base name -> bytes of every regular file in a CIFAR tarball or extracted folder."""
     out: dict[str, bytes] = {}
+    budget = limits.Budget(str(path))
     if path.is_dir():
         for f in sorted(path.rglob("*")):
             if f.is_file():
+                budget.take(f.stat().st_size, f"member {f.name!r}")
                 out[f.name] = f.read_bytes()
         return out
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            for m in tar:
-                if m.isfile():
-                    out[Path(m.name).name] = tar.extractfile(m).read()  # type: ignore[union-attr]
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable tar archive ({exc})") from exc
+    for name, data in _iter_tar(path):
+        out[Path(name).name] = data
     return out
 
 
 def _cifar_images(batch: dict, source: str) -> np.ndarray:
-    data = np.asarray(batch.get("data"))
+    data = batch.get("data")
+    if not isinstance(data, np.ndarray):   # a list could repeat one object a million times
+        raise DataError(f"{source}: 'data' must be a numpy array, got {type(data).__name__}")
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(
             f"{source}: 'data' must be a uint8 array of shape (N, 3072), got "
@@ -227,14 +227,14 @@ def load_cifar_python(path: str | os.PathLike, name: str | None = None) -> Datas
             "train, test and meta)"
         )
     meta = _unpickle(files[meta_file], f"{path}:{meta_file}") if meta_file in files else {}
-    class_names = [_text(n) for n in meta.get(names_key, [])]
+    class_names = _checked_names(meta.get(names_key, []), f"{path}:{meta_file}")
 
     def stack(batches, split):
         for b in batches:
             if key not in b:
                 raise DataError(f"{path}: {split} batch has no {key!r} entry")
         x = np.concatenate([_cifar_images(b, f"{path}:{split}") for b in batches])
-        y = np.concatenate([np.asarray(b[key], dtype=np.int64).reshape(-1) for b in batches])
+        y = np.concatenate([_checked_labels(b[key], f"{path}:{split}") for b in batches])
         if len(y) != len(x):
             raise DataError(f"{path}: {split} has {len(x)} images but {len(y)} labels")
         return x, y
@@ -242,8 +242,44 @@ def load_cifar_python(path: str | os.PathLike, name: str | None = None) -> Datas
     x_train, y_train = stack(train, "train")
     x_test, y_test = stack(test, "test")
     if not class_names:
-        class_names = [str(i) for i in range(int(max(y_train.max(), y_test.max())) + 1)]
+        class_names = _names_for_labels(y_train, y_test, str(path))
     return _make(name or default_name, x_train, y_train, x_test, y_test, class_names)
+
+
+def _checked_labels(labels, source: str) -> np.ndarray:
+    """Labels from a pickle: an int array, or a list of ints (never of nested objects, which
+    could repeat one large object many times)."""
+    if isinstance(labels, list):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
+            raise DataError(f"{source}: labels must be integers")
+        labels = np.asarray(labels, dtype=np.int64)
+    if not isinstance(labels, np.ndarray) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{source}: labels must be a list or array of integers")
+    return labels.astype(np.int64).reshape(-1)
+
+
+def _checked_names(names, source: str) -> list[str]:
+    """Class names from a pickle: at most `max_classes` short strings."""
+    if not isinstance(names, (list, tuple)):
+        raise DataError(f"{source}: class names must be a list")
+    cap = limits.current().max_classes
+    if len(names) > cap:
+        raise LimitError(f"{source}: {len(names)} class names, above the limit max_classes = "
+                         f"{cap} (refdecomp.limits)")
+    if not all(isinstance(n, (bytes, str)) and len(n) <= 1024 for n in names):
+        raise DataError(f"{source}: class names must be strings of at most 1024 characters")
+    return [_text(n) for n in names]
+
+
+def _names_for_labels(*label_arrays: np.ndarray, source: str = "") -> list[str]:
+    """Names "0".."max" for labels without names, refused above `max_classes` (a single huge
+    label would otherwise ask for billions of names)."""
+    top = max((int(y.max()) for y in label_arrays if y.size), default=0)
+    cap = limits.current().max_classes
+    if top >= cap:
+        raise LimitError(f"{source}: a label is {top}, implying {top + 1} classes, above the "
+                         f"limit max_classes = {cap} (refdecomp.limits)")
+    return [str(i) for i in range(top + 1)]
 
 
 # --------------------------------------------------------------------------- IDX (MNIST)
@@ -252,11 +288,20 @@ _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0
 
 
 def _read_maybe_gzip(path: Path) -> bytes:
+    """The file's bytes, gunzipped if gzipped, never more than `max_tensor_bytes` (a gzip
+    bomb stops at the limit instead of filling the memory)."""
+    regular_file(path, DataError)
+    cap = limits.current().max_tensor_bytes
     try:
-        raw = path.read_bytes()
-        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+        with open(path, "rb") as fh:
+            gz = fh.read(2) == b"\x1f\x8b"
+            fh.seek(0)
+            stream = gzip.GzipFile(fileobj=fh) if gz else fh
+            data = stream.read(cap + 1)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from exc
+    limits.check_bytes(len(data), str(path), "the decompressed file")
+    return data
 
 
 def load_idx(path: str | os.PathLike) -> np.ndarray:
@@ -271,7 +316,9 @@ def load_idx(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: IDX header truncated")
     shape = struct.unpack(f">{ndim}I", data[4:header])
     dtype = np.dtype(_IDX_TYPES[data[2]])
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # exact integer arithmetic: a product of four 32-bit dimensions overflows int64
+    expected = header + limits.elements(shape, str(path), "the IDX array",
+                                        dtype.itemsize) * dtype.itemsize
     if len(data) != expected:
         raise DataError(
             f"{path}: IDX body holds {len(data) - header} bytes, the header {shape} needs "
@@ -311,8 +358,8 @@ def load_idx_dataset(folder: str | os.PathLike, name: str | None = None,
                             f"{x.dtype} {x.shape}")
         arrays[f"x_{split}"] = x[..., None]
     if class_names is None:
-        top = int(max(arrays["y_train"].max(), arrays["y_test"].max()))
-        class_names = [str(i) for i in range(top + 1)]
+        class_names = _names_for_labels(arrays["y_train"], arrays["y_test"],
+                                        source=str(folder))
     return _make(name or folder.name, arrays["x_train"], arrays["y_train"], arrays["x_test"],
                  arrays["y_test"], class_names)
 
@@ -330,17 +377,24 @@ def _pil():
 
 
 def _iter_folder(root: Path) -> Iterator[tuple[str, bytes]]:
+    budget = limits.Budget(str(root))
     for f in sorted(root.rglob("*")):
         if f.is_file():
+            budget.take(f.stat().st_size, f"file {f.name!r}")
             yield f.relative_to(root).as_posix(), f.read_bytes()
 
 
 def _iter_tar(path: Path) -> Iterator[tuple[str, bytes]]:
-    # Members are read into memory, never extracted, so hostile member names cannot escape.
+    """(name, bytes) of each regular member. Members are read into memory, never extracted, so
+    hostile member names cannot escape; each member's declared size is checked against the
+    limits before it is read (tarfile delivers exactly that many bytes)."""
+    regular_file(path, DataError)
+    budget = limits.Budget(str(path))
     try:
         with tarfile.open(path, "r:*") as tar:
             for m in tar:
                 if m.isfile():
+                    budget.take(m.size, f"member {m.name!r}")
                     yield m.name, tar.extractfile(m).read()  # type: ignore[union-attr]
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"{path}: not a readable tar archive ({exc})") from exc
@@ -378,7 +432,11 @@ def load_image_folder(path: str | os.PathLike, name: str | None = None) -> Datas
                 with Image.open(io.BytesIO(data)) as im:
                     if mode is None:
                         mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+                    _check_image_size(im.size, 1 if mode == "L" else 3, len(items), path,
+                                      member, Image.MAX_IMAGE_PIXELS)
                     arr = np.asarray(im.convert(mode), dtype=np.uint8)
+            except RefdecompError:
+                raise
             except Exception as exc:
                 raise DataError(f"{path}: {member} is not a readable image ({exc})") from exc
             if images and arr.shape != images[0].shape:
@@ -395,21 +453,36 @@ def load_image_folder(path: str | os.PathLike, name: str | None = None) -> Datas
     return _make(name or _stem(path), *out["train"], *out["test"], class_names)
 
 
+def _check_image_size(size, channels: int, n_images: int, path: Path, member: str,
+                      max_pixels) -> None:
+    """Refuse, before decoding, an image above Pillow's decompression-bomb limit or a split
+    whose stacked array would exceed `max_tensor_bytes`."""
+    w, h = size
+    if max_pixels and w * h > max_pixels:
+        raise LimitError(f"{path}: {member} is {w}x{h} pixels, above Pillow's limit "
+                         f"({max_pixels} pixels, PIL.Image.MAX_IMAGE_PIXELS)")
+    limits.check_bytes(n_images * w * h * channels, str(path),
+                       f"{n_images} images of {w}x{h}x{channels} (starting with {member})")
+
+
 # --------------------------------------------------------------------------- npz / digits
 
 def load_npz(path: str | os.PathLike, name: str | None = None) -> Dataset:
     """Read an ``.npz`` with ``x_train``, ``y_train``, ``x_test``, ``y_test`` (images uint8
     NHWC, or NHW for grey) and optionally ``class_names``."""
-    path = Path(path)
+    path = regular_file(path, DataError)
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z]
             if missing:
                 raise DataError(f"{path}: missing arrays {missing} (need x_train, y_train, "
                                 "x_test, y_test)")
+            budget = limits.Budget(str(path))
+            for info in z.zip.infolist():   # declared sizes, before anything is inflated
+                budget.take(info.file_size, f"array {info.filename!r}")
             arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
             names = [str(c) for c in z["class_names"]] if "class_names" in z else None
-    except DataError:
+    except RefdecompError:
         raise
     except Exception as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
@@ -419,9 +492,12 @@ def load_npz(path: str | os.PathLike, name: str | None = None) -> Dataset:
             raise DataError(f"{path}: x_{split} must be uint8 pixel values, got {x.dtype}")
         if x.ndim == 3:
             arrays[f"x_{split}"] = x[..., None]
+    for key in ("y_train", "y_test"):
+        if not np.issubdtype(arrays[key].dtype, np.integer) or arrays[key].ndim != 1:
+            raise DataError(f"{path}: {key} must be a 1-D array of integer labels, got "
+                            f"{arrays[key].dtype} {arrays[key].shape}")
     if names is None:
-        top = int(max(arrays["y_train"].max(initial=0), arrays["y_test"].max(initial=0)))
-        names = [str(i) for i in range(top + 1)]
+        names = _names_for_labels(arrays["y_train"], arrays["y_test"], source=str(path))
     return _make(name or path.stem, arrays["x_train"], arrays["y_train"], arrays["x_test"],
                  arrays["y_test"], names)
 

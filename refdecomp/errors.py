@@ -31,3 +31,18 @@ class ModuleFileError(RefdecompError):
 def describe_layer(name: str, keras_class: str) -> str:
     """Uniform way to name a layer in messages: `layer 'conv2d_1' (Conv2D)`."""
     return f"layer {name!r} ({keras_class})"
+
+
+class LimitError(RefdecompError):
+    """A declared size (a tensor, an archive member, a dataset file) exceeds a documented limit
+    of `refdecomp.limits`; the message names the file, the tensor and the limit to raise."""
+
+
+class OutputError(RefdecompError):
+    """A result cannot be written where it was asked to go (a folder in the way, no space,
+    no permission)."""
+
+
+class InternalError(RefdecompError):
+    """A broken invariant inside refdecomp: a bug, not bad input. The command line prints it
+    with its traceback and asks for it to be reported."""

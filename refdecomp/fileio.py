@@ -1,7 +1,10 @@
 """File helpers shared by every writer: atomic replacement and content hashes.
 
 Nothing refdecomp writes is ever half-written: each writer fills a temporary file in the target's
-folder and renames it over the target only once it is complete.
+folder, flushes it to the disk (`fsync`) and renames it over the target only once it is
+complete, then flushes the folder, so even a power loss leaves the old or the new file whole.
+Every file refdecomp reads is first checked to be a regular file (`regular_file`): a FIFO or a
+device would block or never end.
 """
 from __future__ import annotations
 
@@ -9,18 +12,46 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import OutputError, RefdecompError
+
+
+def regular_file(path: str | os.PathLike, error: type[RefdecompError], what: str = "") -> Path:
+    """`path` if it names a regular file (links followed); else `error` naming it. Checked
+    before opening, since opening a FIFO blocks until a writer appears."""
+    p = Path(path)
+    label = f"{what} {str(p)!r}" if what else str(p)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise error(f"{label}: no such file") from None
+    except OSError as exc:
+        raise error(f"{label}: cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"{label}: is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{label}: is not a regular file (a FIFO, socket or device); refdecomp "
+                    f"reads only regular files")
+    return p
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success rename it to `path`, else delete it."""
+    """Yield a temporary path next to `path`; on success flush it to disk and rename it to
+    `path`, else delete it. Failures name `path` (never the temporary file)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp",
-                               dir=target.parent)
+    if target.is_dir():
+        raise OutputError(f"cannot write {str(target)!r}: it is a directory; give a file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp",
+                                   dir=target.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
@@ -28,10 +59,35 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
     try:
         yield tmp_path
-        os.replace(tmp_path, target)
+        try:
+            _fsync(tmp_path)
+            os.replace(tmp_path, target)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            raise OutputError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from None
+    except OSError as exc:
+        if exc.filename is None or os.fspath(exc.filename) != str(tmp_path):
+            raise        # not about the file being written (e.g. a failed download)
+        raise OutputError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX; folders cannot be opened on Windows)."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

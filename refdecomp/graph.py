@@ -56,7 +56,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .errors import RefdecompError
+from .errors import InternalError
 
 OPS = frozenset(
     {
@@ -92,7 +92,7 @@ class Node:
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
-            raise RefdecompError(f"internal: unknown op {self.op!r} for layer {self.name!r}")
+            raise InternalError(f"unknown op {self.op!r} for layer {self.name!r}")
 
     @property
     def activation(self) -> dict[str, Any]:
@@ -120,7 +120,7 @@ class Graph:
     def __post_init__(self) -> None:
         self._index = {n.name: i for i, n in enumerate(self.nodes)}
         if len(self._index) != len(self.nodes):
-            raise RefdecompError("internal: duplicate node names in graph")
+            raise InternalError("duplicate node names in graph")
 
     # -- lookup -------------------------------------------------------------------------
     def __getitem__(self, name: str) -> Node:
@@ -162,13 +162,13 @@ class Graph:
         for n in self.nodes:
             for src in n.inputs:
                 if src not in seen:
-                    raise RefdecompError(
-                        f"internal: node {n.name!r} reads {src!r} before it is produced"
+                    raise InternalError(
+                        f"node {n.name!r} reads {src!r} before it is produced"
                     )
             seen.add(n.name)
         for name in [*self.inputs, *self.outputs]:
             if name not in seen:
-                raise RefdecompError(f"internal: graph input/output {name!r} is not a node")
+                raise InternalError(f"graph input/output {name!r} is not a node")
 
     def with_nodes(self, nodes: list[Node]) -> "Graph":
         """A copy of this graph with another node list (same inputs, outputs, provenance)."""

@@ -53,6 +53,7 @@ class Model:
         if engine not in ENGINES:
             raise RefdecompError(f"Model: engine must be one of {ENGINES}, got {engine!r}")
         graph.validate()
+        _check_shapes(graph)
         self.source_graph = graph
         self.fold = fold
         self.engine = engine
@@ -195,8 +196,9 @@ class Model:
                                               for w, s in zip(want, a.shape[1:])):
                 raise DataError(f"input {name!r} expects shape {(None, *want)} "
                                 f"(batch first), got {a.shape}")
-            if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-                raise DataError(f"input {name!r} must be numeric, got dtype {a.dtype}")
+            if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or \
+                    np.issubdtype(a.dtype, np.complexfloating):
+                raise DataError(f"input {name!r} must hold real numbers, got dtype {a.dtype}")
             arrays.append(np.ascontiguousarray(a, dtype=np.float32))
         if len({len(a) for a in arrays}) > 1:
             raise DataError(f"inputs {names} have different numbers of images "
@@ -233,6 +235,22 @@ class Model:
                 raise DataError(f"recorder: {name!r} is not a conv2d / dense node of this "
                                 f"model's execution graph")
         return np.ascontiguousarray(groups, dtype=np.int32)
+
+
+def _check_shapes(graph: Graph) -> None:
+    """Every node's attributes and weights must give the shape it declares: the kernels index
+    their buffers by these shapes, so a graph built in memory (not by the reader, which
+    infers them) is checked the same way before anything runs."""
+    from .reader.shapes import infer
+
+    shapes: dict[str, tuple] = {}
+    for node in graph.nodes:
+        if node.op != "input":
+            got = infer(node, [shapes[i] for i in node.inputs], graph.source)
+            if tuple(got) != tuple(node.shape):
+                raise DataError(f"{graph.source or 'graph'}: node {node.name!r} declares shape "
+                                f"{node.shape}, its op and inputs give {got}")
+        shapes[node.name] = tuple(node.shape)
 
 
 def node_macs(graph: Graph, node: Node) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import metrics
 from .errors import DataError, ModuleFileError, RefdecompError
-from .graph import Graph
+from .graph import WEIGHTED_OPS, Graph
 
 FORMAT = "refdecomp-modules"
 #: 2: a module's `channeling` ("mean" | "logsumexp"; a "logsumexp" head is N wide).
@@ -165,8 +165,12 @@ class ModuleSet:
             raise RefdecompError("ModuleSet: two modules of the same class")
 
     def __getitem__(self, c: int) -> Module:
+        import operator
+
         try:
-            return self._by_class[int(c)]
+            if isinstance(c, bool):
+                raise TypeError
+            return self._by_class[operator.index(c)]   # 3 or np.int64(3); never 3.7
         except (KeyError, TypeError, ValueError):
             raise DataError(f"no module of class {c!r}; this module set has classes "
                             f"{self.classes.tolist()}") from None
@@ -218,9 +222,10 @@ class ModuleSet:
         """Composed top-1 / top-5 accuracy (modules ranked by margin) and, per module: binary
         accuracy beside the model's own one-vs-rest accuracy (P_model(c) >= 0.5), size and
         Jaccard. With a dask `client`, the images are processed as partitions on the cluster."""
-        y = np.asarray(y).reshape(-1)
-        if y.shape[0] != _n(x):
-            raise DataError(f"evaluate: {y.shape[0]} labels for {_n(x)} images")
+        from .decompose.recording import check_labels
+
+        n_classes = self.modules[0]._head.weights["kernel"].shape[1] if self.modules else 0
+        y = check_labels(y, _n(x), n_classes, "evaluate")
         if client is not None:
             from .distributed import compose_distributed
 
@@ -270,7 +275,7 @@ class ModuleSet:
                 a["refdecomp_version"] = __version__
                 a["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
                 a["model_fingerprint"] = graph_fingerprint(g)
-                a["model_source"] = str(Path(src.source).resolve()) if src.source else ""
+                a["model_source"] = _relative_source(src.source, path)
                 a["model_sha256"] = src.sha256 or ""
                 a["model_name"] = src.name
                 a["options"] = json.dumps(self.options, default=str)
@@ -293,68 +298,213 @@ class ModuleSet:
         return Path(path)
 
 
+def _relative_source(model_path: str, module_path) -> str:
+    """The model file as a path relative to the module file's folder (what `load_modules`
+    resolves it against); "" when there is none or no relative path exists (another drive)."""
+    import os
+
+    if not model_path:
+        return ""
+    try:
+        return os.path.relpath(Path(model_path).resolve(), Path(module_path).resolve().parent)
+    except ValueError:
+        return ""
+
+
 def load_modules(path, model=None) -> ModuleSet:
     """Read a module file written by `ModuleSet.save` / `Module.save`.
 
     `model`: the source model (a `Model` or a model file path); by default the model file
-    recorded in the module file. Its execution graph must match the fingerprint stored there.
+    recorded in the module file, resolved relative to the module file's folder (an absolute
+    path recorded there is never followed). Its execution graph must match the fingerprint
+    stored there. Every part of the file is checked against that model before use, so a
+    damaged or tampered file gives a ModuleFileError naming the part.
     """
     import h5py
 
-    from . import load_model
-    from .interpreter import Model
+    from .fileio import regular_file
+    from .reader import HDF5_ERRORS
 
-    path = Path(path)
+    path = regular_file(path, ModuleFileError, "module file")
+    label = f"module file {str(path)!r}"
     try:
         f = h5py.File(path, "r")
-    except (OSError, ValueError) as e:
-        raise ModuleFileError(f"module file {str(path)!r} cannot be read as HDF5: {e}") from None
-    with f:
-        a = f.attrs
-        if a.get("format") != FORMAT:
-            raise ModuleFileError(f"module file {str(path)!r} is not a refdecomp module file "
-                                  f"(format attribute {a.get('format')!r})")
-        if int(a["format_version"]) > FORMAT_VERSION:
-            raise ModuleFileError(f"module file {str(path)!r} has format version "
-                                  f"{int(a['format_version'])}; this refdecomp reads up to "
-                                  f"{FORMAT_VERSION}: upgrade refdecomp")
-        if model is None:
-            source = str(a["model_source"])
-            if not source or not Path(source).exists():
-                raise ModuleFileError(
-                    f"module file {str(path)!r}: its source model {source or '(in memory)'!r} "
-                    f"is not available; pass model=<the model or its file>")
-            model = source
-        if not isinstance(model, Model):
-            model = load_model(model)
-        want = str(a["model_fingerprint"])
-        if graph_fingerprint(model.graph) != want:
-            raise ModuleFileError(
-                f"module file {str(path)!r} was made from model {str(a['model_name'])!r} "
-                f"(sha256 {str(a['model_sha256']) or 'n/a'}); the model given is a different "
-                f"model (its graph or weights differ)")
-        modules = []
-        for key in sorted(f["modules"], key=int):
-            grp = f["modules"][key]
-            maps = {kind: _read_bitmaps(grp[kind]) if kind in grp else {}
-                    for kind in ("masks", "active")}
-            modules.append(Module(model, int(grp.attrs["class_index"]), grp["head_kernel"][()],
-                                  grp["head_bias"][()], maps["masks"],
-                                  class_name=json.loads(grp.attrs["class_name"]),
-                                  info=json.loads(grp.attrs["info"]),
-                                  channeling=str(grp.attrs.get("channeling", "mean")),
-                                  active=maps["active"] or None))
-        return ModuleSet(modules, model, options=json.loads(a["options"]),
-                         data=json.loads(a["data"]), class_names=json.loads(a["class_names"]))
+    except HDF5_ERRORS as e:
+        raise ModuleFileError(f"{label} cannot be read as HDF5: {e}") from None
+    try:
+        with f:
+            return _read_module_file(f, path, label, model)
+    except RefdecompError:
+        raise
+    except (*HDF5_ERRORS, TypeError, AttributeError, IndexError, UnicodeError) as exc:
+        raise ModuleFileError(f"{label} is damaged or was altered ({type(exc).__name__}: "
+                              f"{exc})") from None
 
 
-def _read_bitmaps(group) -> dict[str, np.ndarray]:
-    """{node: uint8 0/1 map} from datasets written with np.packbits and a `shape` attribute."""
+def _attr(f, key: str, label: str, kind: type = str):
+    """A required root or group attribute, as text, int or parsed JSON (kind=dict)."""
+    from .reader.weights import text
+
+    if key not in f.attrs:
+        raise ModuleFileError(f"{label}: attribute {key!r} is missing; the file is damaged")
+    value = f.attrs[key]
+    if kind is int:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise ModuleFileError(f"{label}: attribute {key!r} is {value!r}, not an integer")
+        return int(value)
+    value = text(value, label, f"attribute {key!r}")
+    if kind is dict:
+        try:
+            return json.loads(value)
+        except (ValueError, RecursionError) as exc:
+            raise ModuleFileError(f"{label}: attribute {key!r} is not valid JSON ({exc})") \
+                from None
+    return value
+
+
+def _source_model(f, path: Path, label: str):
+    """The model file a module file names: relative to the module file's folder only."""
+    source = _attr(f, "model_source", label)
+    if not source:
+        raise ModuleFileError(f"{label}: its source model is not available (it records no "
+                              f"model file); pass model=<the model or its file> (command line: "
+                              f"--model)")
+    if Path(source).is_absolute():
+        raise ModuleFileError(f"{label} names its source model by the absolute path "
+                              f"{source!r}, which refdecomp does not follow on its own; pass "
+                              f"model={source!r} (command line: --model) if that is the model")
+    resolved = path.resolve().parent / source
+    if not resolved.is_file():
+        raise ModuleFileError(f"{label}: its source model {source!r} is not available "
+                              f"(looked for at {str(resolved)!r}, relative to the module "
+                              f"file); pass model=<the model or its file> (command line: "
+                              f"--model)")
+    want = _attr(f, "model_sha256", label)
+    if want:
+        from .fileio import sha256_file
+
+        if sha256_file(resolved) != want:
+            raise ModuleFileError(f"{label}: the file at {str(resolved)!r} is not the model "
+                                  f"it was made from (sha256 differs); pass model=<the model> "
+                                  f"(command line: --model)")
+    return str(resolved)
+
+
+def _read_module_file(f, path: Path, label: str, model) -> ModuleSet:
+    from . import load_model
+    from .decompose.channeling import CHANNELINGS, find_head
+    from .interpreter import Model
+
+    if f.attrs.get("format") != FORMAT:
+        raise ModuleFileError(f"{label} is not a refdecomp module file (format attribute "
+                              f"{f.attrs.get('format')!r})")
+    version = _attr(f, "format_version", label, int)
+    if version > FORMAT_VERSION:
+        raise ModuleFileError(f"{label} has format version {version}; this refdecomp reads "
+                              f"up to {FORMAT_VERSION}: upgrade refdecomp")
+    if model is None:
+        model = _source_model(f, path, label)
+    if not isinstance(model, Model):
+        model = load_model(model)
+    want = _attr(f, "model_fingerprint", label)
+    if graph_fingerprint(model.graph) != want:
+        raise ModuleFileError(
+            f"{label} was made from model {_attr(f, 'model_name', label)!r} (sha256 "
+            f"{_attr(f, 'model_sha256', label) or 'n/a'}); the model given is a different "
+            f"model (its graph or weights differ)")
+    head, _ = find_head(model.graph)
+    n_features, n_classes = head.weights["kernel"].shape
+    import h5py
+
+    groups = f.get("modules")
+    if not isinstance(groups, h5py.Group):
+        raise ModuleFileError(f"{label}: it has no 'modules' group; the file is damaged")
+    keys = list(groups.keys())
+    if not all(k.isdigit() for k in keys):
+        raise ModuleFileError(f"{label}: unexpected members {keys[:5]} in 'modules'")
+    modules, seen = [], set()
+    for key in sorted(keys, key=int):
+        grp = groups[key]
+        where = f"{label}, module {key}"
+        if not isinstance(grp, h5py.Group):
+            raise ModuleFileError(f"{where}: not a group; the file is damaged")
+        c = _attr(grp, "class_index", where, int)
+        if not 0 <= c < n_classes or c in seen:
+            raise ModuleFileError(f"{where}: class_index {c} is not a new class of the "
+                                  f"model's {n_classes}")
+        seen.add(c)
+        channeling = _attr(grp, "channeling", where) if "channeling" in grp.attrs else "mean"
+        if channeling not in CHANNELINGS:
+            raise ModuleFileError(f"{where}: channeling {channeling[:40]!r} is not one of "
+                                  f"{CHANNELINGS}")
+        width = 2 if channeling == "mean" else n_classes
+        kernel = _array(grp, "head_kernel", where, (n_features, width))
+        bias = _array(grp, "head_bias", where, (width,))
+        maps = {kind: _read_bitmaps(grp[kind], model.graph, f"{where}, {kind}")
+                if kind in grp else {} for kind in ("masks", "active")}
+        class_name = _attr(grp, "class_name", where, dict)
+        info = _attr(grp, "info", where, dict)
+        if class_name is not None and not isinstance(class_name, str) or \
+                not isinstance(info, dict):
+            raise ModuleFileError(f"{where}: class_name / info attributes have the wrong type")
+        modules.append(Module(model, c, kernel, bias, maps["masks"], class_name=class_name,
+                              info=info, active=maps["active"] or None, channeling=channeling))
+    options, data = _attr(f, "options", label, dict), _attr(f, "data", label, dict)
+    class_names = _attr(f, "class_names", label, dict)
+    if not isinstance(options, dict) or not isinstance(data, dict) or not (
+            class_names is None or (isinstance(class_names, list) and
+                                    all(isinstance(n, str) for n in class_names))):
+        raise ModuleFileError(f"{label}: options / data / class_names attributes have the "
+                              f"wrong type")
+    return ModuleSet(modules, model, options=options, data=data, class_names=class_names)
+
+
+def _array(grp, key: str, where: str, shape: tuple) -> np.ndarray:
+    """A float dataset of exactly `shape` (read only after its shape and dtype are checked)."""
+    import h5py
+
+    d = grp.get(key)
+    if not isinstance(d, h5py.Dataset):
+        raise ModuleFileError(f"{where}: dataset {key!r} is missing")
+    if tuple(d.shape or ()) != shape or d.dtype.kind not in "fiu":
+        raise ModuleFileError(f"{where}: {key} has shape {d.shape} and dtype {d.dtype}; the "
+                              f"model needs real numbers of shape {shape}")
+    a = np.asarray(d[()], dtype=np.float32)
+    if not np.all(np.isfinite(a)):
+        raise ModuleFileError(f"{where}: {key} holds NaN or infinite values")
+    return a
+
+
+def _read_bitmaps(group, graph: Graph, where: str) -> dict[str, np.ndarray]:
+    """{node: uint8 0/1 map} from datasets written with np.packbits and a `shape` attribute;
+    each shape must be the node's own, checked before anything is unpacked."""
+    import h5py
+
+    from .reader.weights import text
+
+    if not isinstance(group, h5py.Group):
+        raise ModuleFileError(f"{where}: not a group")
     out = {}
     for d in group.values():
-        shape = tuple(int(s) for s in d.attrs["shape"])
-        bits = np.unpackbits(d[()], count=int(np.prod(shape)))
-        out[str(d.attrs["node"])] = bits.reshape(shape).astype(np.uint8)
+        if not isinstance(d, h5py.Dataset):
+            raise ModuleFileError(f"{where}: {d.name!r} is not a dataset")
+        node = text(d.attrs["node"], where, "a mask's node name") if "node" in d.attrs else ""
+        if node not in graph or graph[node].op not in WEIGHTED_OPS:
+            raise ModuleFileError(f"{where}: mask for {node!r}, which is not a conv2d / dense "
+                                  f"node of the model")
+        want = tuple(graph[node].shape)
+        shape = tuple(int(s) for s in np.asarray(d.attrs.get("shape", [])).reshape(-1))
+        if shape != want:
+            raise ModuleFileError(f"{where}: mask for {node!r} has shape attribute "
+                                  f"{shape[:8]}; the node's shape is {want}")
+        count = int(np.prod(want))
+        if tuple(d.shape or ()) != (-(-count // 8),) or d.dtype != np.uint8:
+            raise ModuleFileError(f"{where}: mask for {node!r} holds {d.shape} {d.dtype}; "
+                                  f"{-(-count // 8)} packed bytes (uint8) expected")
+        if node in out:
+            raise ModuleFileError(f"{where}: two masks for {node!r}")
+        bits = np.unpackbits(d[()], count=count)
+        out[node] = bits.reshape(want).astype(np.uint8)
     return out
 
 

@@ -69,6 +69,7 @@ def decompose(model, x, y, *, backtrack: str = "last_conv", delta: float = 0.5,
 
     The same as `build_modules(model, observe(model, x, y, ...), ...)`.
     """
+    _check_delta(delta)
     _check_build_options(backtrack, delta, delta_rule, delta_scale, channeling)
     model = _as_model(model)
     obs = observe(model, x, y, tangling=tangling, seed=seed, batch_size=batch_size,
@@ -93,15 +94,68 @@ def observe(model, x, y, *, tangling: str | int = "balanced", seed: int = 0,
         return observe_distributed(client, model, x, y, tangling=tangling, seed=seed,
                                    batch_size=batch_size, progress=progress)
     model = _as_model(model)
+    seed = _check_seed(seed)
     head, _ = find_head(model.graph)
     n_classes = head.weights["kernel"].shape[1]
     n = _n_images(x)
     y = check_labels(y, n, n_classes)
     if n == 0:
         raise DataError("decompose: x holds no images")
+    _check_finite(x)
     plan = plan_groups(y, n_classes, tangling, seed)
+    _warn_degenerate(plan, n_classes)
     seen = _record(model, x, plan, _hidden(model.graph, head), batch_size, progress)
     return Observation(plan, seen, n, tangling, int(seed))
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"argument seed={seed!r}: expected an integer >= 0")
+    return int(seed)
+
+
+def _check_delta(delta) -> float:
+    if isinstance(delta, bool) or not isinstance(delta, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(delta):
+        raise DataError(f"argument delta={delta!r}: expected a finite number")
+    return float(delta)
+
+
+def _check_finite(x, chunk: int = 4096) -> None:
+    """Refuse NaN or infinite pixels: activity recorded on them would mean nothing."""
+    arrays = list(x.values()) if isinstance(x, dict) else \
+        list(x) if isinstance(x, (list, tuple)) else [x]
+    for a in arrays:
+        a = np.asarray(a)
+        if np.issubdtype(a.dtype, np.complexfloating) or not (
+                np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise DataError(f"decompose: images must hold real numbers, got dtype {a.dtype}")
+        if not np.issubdtype(a.dtype, np.floating):
+            continue
+        for start in range(0, len(a), chunk):
+            if not np.isfinite(a[start:start + chunk]).all():
+                raise DataError(f"decompose: the images hold NaN or infinite values (first in "
+                                f"images {start}..{min(start + chunk, len(a)) - 1}); clean the "
+                                f"data first")
+
+
+def _warn_degenerate(plan, n_classes: int) -> None:
+    """Say which modules would be built from no image of their own class, or from no image at
+    all: their masks then keep nothing, or only what other classes activate."""
+    import warnings
+
+    absent = [c for c in range(n_classes) if plan.class_counts[c] == 0]
+    blind = [c for c in range(n_classes) if not plan.observed(c).any()]
+    if blind:
+        warnings.warn(f"decompose: the modules of classes {blind} observe no image at all "
+                      f"(no image of their class, and no tangling images); they keep nothing "
+                      f"and always answer 'unconcerned'. Give images of every class",
+                      stacklevel=3)
+    absent = [c for c in absent if c not in blind]
+    if absent:
+        warnings.warn(f"decompose: classes {absent} have no images; their modules are built "
+                      f"from other classes' (tangling) images only. Give images of every class",
+                      stacklevel=3)
 
 
 def build_modules(model, obs: Observation, *, backtrack: str = "last_conv",
@@ -112,6 +166,7 @@ def build_modules(model, obs: Observation, *, backtrack: str = "last_conv",
     arguments): concern and tangling identification, channeling, and backtracking."""
     from ..modules import Module, ModuleSet
 
+    delta = _check_delta(delta)
     _check_build_options(backtrack, delta, delta_rule, delta_scale, channeling)
     model = _as_model(model)
     graph = model.graph

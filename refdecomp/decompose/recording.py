@@ -35,23 +35,30 @@ class GroupPlan:
         return np.isin(self.groups, self.module_groups[m])
 
 
-def check_labels(y, n_images: int, n_classes: int) -> np.ndarray:
-    """Labels as a 1-D int64 array in [0, n_classes); DataError otherwise."""
+def check_labels(y, n_images: int, n_classes: int, what: str = "labels y") -> np.ndarray:
+    """Labels as a 1-D int64 array in [0, n_classes); DataError otherwise (strings, NaN,
+    fractions, negative or too large values, a shape that is neither (n,) nor one-hot)."""
     y = np.asarray(y)
+    if y.dtype == bool or not (np.issubdtype(y.dtype, np.integer) or
+                               np.issubdtype(y.dtype, np.floating)):
+        raise DataError(f"{what}: expected integer class indices, got dtype {y.dtype}")
     if y.ndim == 2 and y.shape[1] == n_classes and n_classes > 1:
         y = y.argmax(axis=1)  # one-hot labels
+    elif y.ndim > 1 and not (y.ndim == 2 and y.shape[1] == 1):
+        raise DataError(f"{what}: shape {y.shape} is neither ({n_images},) nor one-hot "
+                        f"({n_images}, {n_classes})")
     y = y.reshape(-1)
     if y.shape[0] != n_images:
-        raise DataError(f"labels y: {y.shape[0]} labels for {n_images} images; "
+        raise DataError(f"{what}: {y.shape[0]} labels for {n_images} images; "
                         f"give one label per image")
     if y.size and not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise DataError("labels y: expected integer class indices")
-    y = y.astype(np.int64)
+        if not np.all(np.isfinite(y)) or not np.all(np.equal(np.mod(y, 1), 0)):
+            raise DataError(f"{what}: expected integer class indices (found fractional, NaN "
+                            f"or infinite values)")
     if y.size and (y.min() < 0 or y.max() >= n_classes):
-        raise DataError(f"labels y: values must lie in [0, {n_classes}) for a model with "
+        raise DataError(f"{what}: values must lie in [0, {n_classes}) for a model with "
                         f"{n_classes} output classes; found {y.min()}..{y.max()}")
-    return y
+    return y.astype(np.int64)
 
 
 def plan_groups(y: np.ndarray, n_classes: int, tangling: str | int = "balanced",

@@ -14,11 +14,11 @@ from contextlib import ExitStack
 from typing import Any
 
 from ..errors import ModelFormatError
-from ..fileio import sha256_file
+from ..fileio import regular_file, sha256_file
 from ..graph import Graph
 from .archive import read_archive
 from .build import build_nodes, check_supported
-from .config import parse_model
+from .config import load_json, parse_model
 from .hdf5 import Contents, keras_major, open_hdf5, read_hdf5, refuse_keras1, _looks_keras1
 from .layers import Dialect
 
@@ -51,10 +51,10 @@ def read_graph(path: str | os.PathLike, architecture: str | os.PathLike | None =
         check_supported(model, dialect)
         try:
             contents.assign(model)
-        except (OSError, KeyError) as exc:
+        except HDF5_ERRORS as exc:
             raise ModelFormatError(f"{source}: cannot read the weights ({exc}); the file is "
                                    f"probably truncated or damaged") from None
-        nodes, inputs, outputs = build_nodes(model, dialect)
+        nodes, inputs, outputs = build_nodes(model, dialect)   # reads each weight it uses
     meta = {"format": contents.format, "keras_version": version or "",
             "backend": dialect.backend, "keras_major": dialect.keras_major,
             "architecture": os.fspath(architecture) if architecture is not None else ""}
@@ -64,16 +64,20 @@ def read_graph(path: str | os.PathLike, architecture: str | os.PathLike | None =
     return graph
 
 
+#: What h5py raises on damaged files (wrong offsets, soft-link cycles, bad messages): libhdf5
+#: errors surface as OSError, KeyError, RuntimeError or ValueError depending on where they hit.
+HDF5_ERRORS = (OSError, KeyError, RuntimeError, ValueError)
+
+
 def _open(path: str, source: str, stack: ExitStack) -> Contents:
     """Sniff the file type and return its contents (HDF5 files stay open on `stack`)."""
+    if os.path.isdir(path):
+        raise ModelFormatError(f"{source}: is a directory; a SavedModel directory is not "
+                               f"supported, pass a .h5 or .keras file")
+    regular_file(path, ModelFormatError)
     try:
         with open(path, "rb") as fh:
             head = fh.read(64)
-    except FileNotFoundError:
-        raise ModelFormatError(f"{source}: no such file") from None
-    except IsADirectoryError:
-        raise ModelFormatError(f"{source}: is a directory; a SavedModel directory is not "
-                               f"supported, pass a .h5 or .keras file") from None
     except OSError as exc:
         raise ModelFormatError(f"{source}: cannot be read ({exc})") from None
     if not head:
@@ -86,11 +90,13 @@ def _open(path: str, source: str, stack: ExitStack) -> Contents:
         f = stack.enter_context(open_hdf5(path, source))
         try:
             return read_hdf5(f, source)
-        except (OSError, KeyError, RuntimeError) as exc:
+        except ModelFormatError:
+            raise
+        except HDF5_ERRORS as exc:
             raise ModelFormatError(f"{source}: the HDF5 file cannot be read ({exc}); it is "
                                    f"probably truncated or damaged") from None
     if head.startswith(b"PK"):
-        return read_archive(path, source)
+        return read_archive(path, source, stack)
     kind = "a text file" if _is_text(head) else "an unknown binary format"
     raise ModelFormatError(f"{source}: not a Keras model file (neither HDF5 nor a .keras zip "
                            f"archive; it is {kind}, starting {head[:24]!r})")
@@ -106,6 +112,7 @@ def _is_text(head: bytes) -> bool:
 
 def _read_architecture(arch: str, stack: ExitStack) -> tuple[dict, str | None]:
     """The model entry and Keras version of an architecture: JSON text or a full model file."""
+    regular_file(arch, ModelFormatError, "the architecture file")
     try:
         with open(arch, "rb") as fh:
             head = fh.read(64)
@@ -117,20 +124,22 @@ def _read_architecture(arch: str, stack: ExitStack) -> tuple[dict, str | None]:
             raise ModelFormatError(f"{arch}: the architecture file is itself weights-only; pass "
                                    f"a JSON architecture or a full model file")
         return contents.config, contents.keras_version
-    try:
-        with open(arch, encoding="utf-8") as fh:
-            data: Any = json.load(fh)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelFormatError(f"{arch}: the architecture is neither JSON (model.to_json()) nor "
-                               f"a Keras model file ({exc})") from None
+    from .. import limits
+
+    with open(arch, "rb") as fh:
+        text = fh.read(limits.current().max_json_bytes + 1)
+    what = "the architecture (neither a Keras model file nor JSON from model.to_json())"
+    data: Any = load_json(text, arch, what)
     if isinstance(data, dict) and "model_config" in data and "class_name" not in data:
         data = data["model_config"]
     if isinstance(data, str):                 # JSON holding the JSON text
-        data = json.loads(data)
+        data = load_json(data, arch, what)
     if not isinstance(data, dict) or "class_name" not in data:
         raise ModelFormatError(f"{arch}: the JSON is not a Keras model architecture (expected "
                                f"an object with 'class_name' and 'config')")
     version = data.get("keras_version")
+    if version is not None and not isinstance(version, str):
+        raise ModelFormatError(f"{arch}: keras_version {str(version)[:40]!r} is not a string")
     if keras_major(version) == 1 or (version is None and _looks_keras1(data)):
         raise refuse_keras1(arch, "this architecture")
     return data, version
@@ -138,5 +147,8 @@ def _read_architecture(arch: str, stack: ExitStack) -> tuple[dict, str | None]:
 
 def _guess_major(config: Any) -> int:
     """Keras 3 configs carry `module` keys and `{"args", "kwargs"}` inbound nodes."""
-    text = json.dumps(config)
+    try:
+        text = json.dumps(config)
+    except (TypeError, ValueError, RecursionError):
+        return 2
     return 3 if ('"__keras_tensor__"' in text or '"batch_shape"' in text) else 2

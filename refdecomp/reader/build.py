@@ -7,6 +7,7 @@ outputs. Shapes are inferred while building (`layers.lower`).
 """
 from __future__ import annotations
 
+from .. import limits
 from ..errors import ModelFormatError, UnsupportedLayerError
 from ..graph import Node
 from .config import LayerSpec, ModelSpec, Ref, dtype_of, input_shape_of
@@ -39,6 +40,9 @@ class _Builder:
 
     def emit(self, name: str, op: str, inputs: list[str], shape: tuple, attrs: dict,
              weights: dict, keras_class: str) -> str:
+        if op == "input":
+            limits.elements([1 if d is None else d for d in shape], self.dialect.source,
+                            f"input {name!r} (one image)")
         if name in self.shapes:
             raise ModelFormatError(f"{self.dialect.source}: two layers produce a node named "
                                    f"{name!r}; layer names must be unique")
@@ -90,7 +94,11 @@ class _Builder:
                 raise ModelFormatError(f"{src}: model {model.name!r} input {ref[0]!r} is not an "
                                        f"InputLayer of the model")
             if inputs is None:
-                shape = input_shape_of(layer.config)
+                try:
+                    shape = input_shape_of(layer.config)
+                except (TypeError, ValueError) as exc:
+                    raise ModelFormatError(f"{src}: {layer.describe()}: its input shape is "
+                                           f"not valid ({exc})") from None
                 if shape is None:
                     raise ModelFormatError(f"{src}: {layer.describe()} has no input shape")
                 tensors[key(ref)] = self._input(prefix + layer.name, shape,
@@ -98,26 +106,25 @@ class _Builder:
             else:
                 tensors[key(ref)] = inputs[i]
 
-        pending = [(layer, k, refs) for layer in model.layers if layer.class_name != "InputLayer"
-                   for k, refs in enumerate(layer.calls)]
-        while pending:
-            waiting = []
-            for layer, k, refs in pending:
-                if all(key(r) in tensors for r in refs):
-                    outs = self.call(layer, k, prefix, [tensors[key(r)] for r in refs])
-                    for t, node in enumerate(outs):
-                        tensors[(layer.name, k, t)] = node
-                else:
-                    waiting.append((layer, k, refs))
-            if len(waiting) == len(pending):
-                names = ", ".join(f"{layer.name!r}" for layer, _, _ in waiting[:5])
-                missing = sorted({r[0] for _, _, refs in waiting for r in refs
-                                  if key(r) not in tensors})
-                raise ModelFormatError(f"{src}: model {model.name!r}: layers {names} read "
-                                       f"tensors that are never produced (from "
-                                       f"{', '.join(map(repr, missing[:5]))}); the config is "
-                                       f"inconsistent")
-            pending = waiting
+        calls = [(layer, k, refs) for layer in model.layers if layer.class_name != "InputLayer"
+                 for k, refs in enumerate(layer.calls)]
+        done = set()
+        for i in _call_order(calls, tensors, key):
+            layer, k, refs = calls[i]
+            if all(key(r) in tensors for r in refs):   # else a tensor index its producer lacks
+                outs = self.call(layer, k, prefix, [tensors[key(r)] for r in refs])
+                for t, node in enumerate(outs):
+                    tensors[(layer.name, k, t)] = node
+                done.add(i)
+        waiting = [c for i, c in enumerate(calls) if i not in done]
+        if waiting:
+            names = ", ".join(f"{layer.name!r}" for layer, _, _ in waiting[:5])
+            missing = sorted({r[0] for _, _, refs in waiting for r in refs
+                              if key(r) not in tensors})
+            raise ModelFormatError(f"{src}: model {model.name!r}: layers {names} read "
+                                   f"tensors that are never produced (from "
+                                   f"{', '.join(map(repr, missing[:5]))}); the config is "
+                                   f"inconsistent")
         outputs = []
         for ref in model.outputs:
             if key(ref) not in tensors:
@@ -138,18 +145,58 @@ class _Builder:
                           layer.class_name)]
 
 
+def _call_order(calls: list, available, key) -> list[int]:
+    """Indices of `calls` in the order they can run: repeated sweeps over the config order,
+    each running every call whose inputs exist by the time the sweep reaches it (the order
+    Keras files have always been read in, so graphs and their fingerprints do not change),
+    computed in O(n log n) with a heap keyed by (sweep, position) instead of re-scanning the
+    waiting calls (a long chain listed in reverse would take n sweeps of n calls).
+
+    A call's outputs are known only by (layer name, call index), so a tensor a call reads is
+    taken to come from that layer's call of that index; inputs already `available` count as
+    produced."""
+    import heapq
+
+    producer = {(layer.name, k): i for i, (layer, k, _) in enumerate(calls)}
+    missing = [0] * len(calls)
+    readers: dict[int, list[int]] = {}
+    for i, (_, _, refs) in enumerate(calls):
+        for r in refs:
+            kr = key(r)
+            if kr in available:
+                continue
+            p = producer.get(kr[:2])
+            if p is None:
+                missing[i] = -1 << 40     # never runs: reported by the caller
+                break
+            missing[i] += 1
+            readers.setdefault(p, []).append(i)
+    heap = [(0, i) for i in range(len(calls)) if missing[i] == 0]
+    heapq.heapify(heap)
+    order = []
+    while heap:
+        sweep, i = heapq.heappop(heap)
+        order.append(i)
+        for j in readers.get(i, ()):
+            missing[j] -= 1
+            if missing[j] == 0:
+                heapq.heappush(heap, (sweep if j > i else sweep + 1, j))
+    return order
+
+
 def _node_offsets(model: ModelSpec) -> dict[str, int]:
     """File node index of each nested model's first outer call.
 
     Keras 2 counts a nested model's own internal node as node 0, so references from the outer
     model start at 1; Keras 3 starts at 0. The smallest index referenced tells which."""
-    refs = [r for layer in model.layers for call in layer.calls for r in call] + model.outputs
-    offsets = {}
-    for layer in model.layers:
-        if layer.model is not None:
-            seen = [r[1] for r in refs if r[0] == layer.name]
-            offsets[layer.name] = min(seen) if seen else 0
-    return offsets
+    nested = {layer.name for layer in model.layers if layer.model is not None}
+    offsets = dict.fromkeys(nested, None)
+    for ref in [r for layer in model.layers for call in layer.calls for r in call] + \
+            model.outputs:
+        if ref[0] in nested:
+            seen = offsets[ref[0]]
+            offsets[ref[0]] = ref[1] if seen is None else min(seen, ref[1])
+    return {name: 0 if v is None else v for name, v in offsets.items()}
 
 
 def build_nodes(model: ModelSpec, dialect: Dialect) -> tuple[list[Node], list[str], list[str]]:

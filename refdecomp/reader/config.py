@@ -15,9 +15,11 @@ Nothing here executes anything from the file: configs are plain JSON data.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import limits
 from ..errors import ModelFormatError, UnsupportedLayerError, describe_layer
 
 MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
@@ -88,14 +90,89 @@ class ModelSpec:
         raise KeyError(name)
 
 
+def load_json(text: str | bytes, source: str, what: str) -> Any:
+    """Parse JSON text from a file, refusing text above `max_json_bytes`, nesting deeper than
+    `max_json_depth` and invalid UTF-8, each with a ModelFormatError naming `what`."""
+    lim = limits.current()
+    limits.check_bytes(len(text), source, what, "max_json_bytes")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ModelFormatError(f"{source}: {what} is not UTF-8 text ({exc})") from None
+    depth = _nesting(text)
+    if depth > lim.max_json_depth:
+        raise ModelFormatError(f"{source}: {what} nests {depth} levels deep, more than "
+                               f"max_json_depth = {lim.max_json_depth} (refdecomp.limits); "
+                               f"the file is damaged or hostile")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ModelFormatError(f"{source}: {what} is not valid JSON ({exc})") from None
+
+
+def _nesting(text: str) -> int:
+    """Deepest bracket nesting of JSON text, brackets inside strings ignored (no recursion)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def check_name(name: Any, source: str, what: str) -> str:
+    """A layer or model name: a string that UTF-8 can encode (no lone surrogates), so that
+    everything written later (module files, exports) can store it."""
+    if not isinstance(name, str) or not name:
+        raise ModelFormatError(f"{source}: {what} has the name {str(name)[:40]!r}, not a "
+                               f"non-empty string")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ModelFormatError(f"{source}: {what} {name!r} holds characters that are not "
+                               f"valid Unicode (lone surrogates); rename it") from None
+    return name
+
+
+#: What a wrongly typed config value raises while it is parsed (an int given as a string or a
+#: list, a dict given as a list, null): turned into a ModelFormatError naming the entry.
+CONFIG_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError)
+
+
 def parse_model(cfg: Any, source: str) -> ModelSpec:
     """Parse a model entry `{"class_name": ..., "config": ...}` into a `ModelSpec`."""
+    try:
+        return _parse_model(cfg, source)
+    except CONFIG_ERRORS as exc:
+        raise ModelFormatError(f"{source}: the model config holds a value of the wrong type "
+                               f"({type(exc).__name__}: {exc}); the file is damaged or not "
+                               f"written by Keras") from None
+
+
+def _parse_model(cfg: Any, source: str) -> ModelSpec:
     if not isinstance(cfg, dict) or "class_name" not in cfg:
         raise ModelFormatError(f"{source}: the model config is not a Keras model config "
                                f"(no 'class_name'); the file may be damaged")
     class_name = cfg["class_name"]
     _refuse_custom_model(cfg, source)
     body = cfg.get("config")
+    if not isinstance(body, dict) and not (class_name == "Sequential" and
+                                           isinstance(body, list)):
+        raise ModelFormatError(f"{source}: model of class {class_name!r} has a 'config' that "
+                               f"is not an object (got {type(body).__name__})")
     if class_name == "Sequential":
         return _parse_sequential(body, source)
     return _parse_functional(body, class_name, source)
@@ -120,9 +197,18 @@ def _is_custom(entry: dict) -> bool:
         return True
     if "module" in entry:
         module = entry["module"]
-        if module is None or not str(module).startswith(("keras", "tf_keras")):
+        if not is_keras_module(module):
             return True
     return False
+
+
+def is_keras_module(module: Any, extra: tuple[str, ...] = ()) -> bool:
+    """`keras`, `tf_keras` or one of their submodules (`keras.layers`), not a lookalike such
+    as `keras_payload`."""
+    if not isinstance(module, str):
+        return False
+    return any(module == root or module.startswith(root + ".")
+               for root in ("keras", "tf_keras", *extra))
 
 
 def _layer_list(body: Any, source: str, what: str) -> list:
@@ -136,7 +222,8 @@ def _layer_list(body: Any, source: str, what: str) -> list:
 def _parse_sequential(body: Any, source: str) -> ModelSpec:
     entries = _layer_list(body, source, "Sequential")
     meta = body if isinstance(body, dict) else {}
-    spec = ModelSpec(meta.get("name", "sequential"), "Sequential", [],
+    spec = ModelSpec(check_name(meta.get("name", "sequential"), source, "a Sequential model"),
+                     "Sequential", [],
                      trainable=bool(meta.get("trainable", True)))
     for i, entry in enumerate(entries):
         layer = _parse_layer(entry, source)
@@ -179,7 +266,7 @@ def _nested_input_shape(model: ModelSpec) -> tuple | None:
 
 def _parse_functional(body: Any, class_name: str, source: str) -> ModelSpec:
     entries = _layer_list(body, source, f"{class_name}")
-    spec = ModelSpec(body.get("name", "model"), "Functional",
+    spec = ModelSpec(check_name(body.get("name", "model"), source, "a model"), "Functional",
                      [_parse_layer(e, source) for e in entries],
                      trainable=bool(body.get("trainable", True)))
     spec.inputs = _io_refs(body.get("input_layers"), source, spec.name)
@@ -202,23 +289,44 @@ def _io_refs(value: Any, source: str, model: str) -> list[Ref]:
         if isinstance(item, dict):      # {"name": [..]} nested one level
             refs.extend(_io_refs(item, source, model))
         elif isinstance(item, (list, tuple)) and len(item) >= 3 and isinstance(item[0], str):
-            refs.append((item[0], int(item[1]), int(item[2])))
+            refs.append(_ref(item, source, f"model {model!r}"))
         else:
             raise ModelFormatError(f"{source}: model {model!r} has an unreadable input/output "
-                                   f"entry {item!r}")
+                                   f"entry {str(item)[:80]}")
     return refs
 
 
+def _ref(item: Any, source: str, where: str) -> Ref:
+    """(layer name, node index, tensor index) with both indices non-negative JSON integers."""
+    name, node, index = item[0], item[1], item[2]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 31
+               for v in (node, index)):
+        raise ModelFormatError(f"{source}: {where} refers to tensor {str(list(item[:3]))[:80]}, "
+                               f"whose node and tensor indices are not small non-negative "
+                               f"integers")
+    return (name, node, index)
+
+
 def _parse_layer(entry: Any, source: str) -> LayerSpec:
-    if not isinstance(entry, dict) or "class_name" not in entry:
+    if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
         raise ModelFormatError(f"{source}: a layer entry has no 'class_name': {str(entry)[:80]}")
     class_name = entry["class_name"]
     config = entry.get("config") or {}
     if not isinstance(config, dict):
-        config = {}
-    name = entry.get("name") or config.get("name") or class_name.lower()
-    layer = LayerSpec(name, class_name, config,
-                      calls=[_parse_call(c, source, name) for c in entry.get("inbound_nodes", [])])
+        raise ModelFormatError(f"{source}: layer entry of class {class_name!r} has a 'config' "
+                               f"that is not an object (got {type(config).__name__})")
+    name = check_name(entry.get("name") or config.get("name") or class_name.lower(), source,
+                      f"a layer of class {class_name!r}")
+    inbound = entry.get("inbound_nodes", [])
+    if not isinstance(inbound, list):
+        raise ModelFormatError(f"{source}: {describe_layer(name, class_name)}: inbound_nodes "
+                               f"is not a list")
+    try:
+        calls = [_parse_call(c, source, name) for c in inbound]
+    except CONFIG_ERRORS as exc:
+        raise ModelFormatError(f"{source}: {describe_layer(name, class_name)}: an inbound node "
+                               f"is malformed ({type(exc).__name__}: {exc})") from None
+    layer = LayerSpec(name, class_name, config, calls=calls)
     layer.config.setdefault("name", name)
     layer.custom = _is_custom(entry)
     if class_name in MODEL_CLASSES and not layer.custom:
@@ -231,13 +339,13 @@ def _parse_call(call: Any, source: str, layer: str) -> list[Ref]:
     """One inbound node, in any of the three dialects -> the tensor references it reads."""
     if isinstance(call, dict):                              # Keras 3
         refs: list[Ref] = []
-        _collect_keras_tensors(call.get("args", []), refs)
+        _collect_keras_tensors(call.get("args", []), refs, source, layer)
         return refs
     if isinstance(call, list):                              # Keras 1 / 2
         refs = []
         for item in call:
             if isinstance(item, (list, tuple)) and len(item) >= 3 and isinstance(item[0], str):
-                refs.append((item[0], int(item[1]), int(item[2])))
+                refs.append(_ref(item, source, f"layer {layer!r}"))
             else:
                 raise ModelFormatError(f"{source}: layer {layer!r} has an unreadable inbound "
                                        f"node entry {str(item)[:80]}")
@@ -246,23 +354,44 @@ def _parse_call(call: Any, source: str, layer: str) -> list[Ref]:
                            f"{str(call)[:80]}")
 
 
-def _collect_keras_tensors(value: Any, out: list[Ref]) -> None:
+def _collect_keras_tensors(value: Any, out: list[Ref], source: str, layer: str) -> None:
     if isinstance(value, dict):
         if value.get("class_name") == "__keras_tensor__":
             hist = value["config"]["keras_history"]
-            out.append((hist[0], int(hist[1]), int(hist[2])))
+            if not isinstance(hist, list) or len(hist) < 3 or not isinstance(hist[0], str):
+                raise ValueError(f"keras_history {str(hist)[:60]} is not [name, node, tensor]")
+            out.append(_ref(hist, source, f"layer {layer!r}"))
             return
         for v in value.values():
-            _collect_keras_tensors(v, out)
+            _collect_keras_tensors(v, out, source, layer)
     elif isinstance(value, (list, tuple)):
         for v in value:
-            _collect_keras_tensors(v, out)
+            _collect_keras_tensors(v, out, source, layer)
+
+
+#: Largest dimension a config may declare (what int32 indexing in the kernels can address).
+MAX_DIM = (1 << 31) - 1
+
+
+def _dim(d: Any) -> int | None:
+    """One declared dimension: None (open) or an integer in [1, MAX_DIM]."""
+    if d is None:
+        return None
+    if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= MAX_DIM:
+        raise ValueError(f"dimension {str(d)[:40]} is not an integer in [1, {MAX_DIM}] or null")
+    return d
+
+
+def _dims(value: Any) -> tuple:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"shape {str(value)[:60]} is not a list")
+    return tuple(_dim(d) for d in value)
 
 
 def _shape_from(value: Any) -> tuple | None:
     if not isinstance(value, (list, tuple)) or not value:
         return None
-    return tuple(None if d is None else int(d) for d in value[1:])
+    return _dims(value[1:])
 
 
 def _input_shape(config: dict) -> tuple | None:
@@ -272,7 +401,7 @@ def _input_shape(config: dict) -> tuple | None:
             return _shape_from(config[key])
     for key in ("input_shape", "shape"):
         if config.get(key) is not None:
-            return tuple(None if d is None else int(d) for d in config[key])
+            return _dims(config[key])
     build = config.get("build_config")
     if isinstance(build, dict) and build.get("input_shape") is not None:
         return _shape_from(build["input_shape"])

@@ -9,12 +9,14 @@ refused: their layouts and parameter names differ throughout.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..errors import ModelFormatError
-from .weights import assign_legacy, assign_v3, legacy_groups, text
+from .config import load_json
+from .weights import assign_legacy, assign_v3, legacy_groups, member, text
 
 
 @dataclass
@@ -36,7 +38,7 @@ def keras_major(version: str | None) -> int | None:
     if not version:
         return None
     try:
-        return int(str(version).split(".")[0])
+        return int(str(version).split(".")[0][:6])
     except ValueError:
         return None
 
@@ -53,7 +55,7 @@ def open_hdf5(path: str, source: str):
 
     try:
         return h5py.File(path, "r")
-    except OSError as exc:
+    except (OSError, RuntimeError, ValueError) as exc:
         raise ModelFormatError(f"{source}: the HDF5 file cannot be opened ({exc}); it is "
                                f"probably truncated (an incomplete download or copy) or "
                                f"damaged") from None
@@ -62,20 +64,25 @@ def open_hdf5(path: str, source: str):
 def read_hdf5(f, source: str) -> Contents:
     """Classify an open HDF5 file and return its `Contents`."""
     attrs = f.attrs
-    version = text(attrs["keras_version"]) if "keras_version" in attrs else None
-    backend = text(attrs["backend"]) if "backend" in attrs else None
+    version = text(attrs["keras_version"], source, "the keras_version attribute") \
+        if "keras_version" in attrs else None
+    backend = text(attrs["backend"], source, "the backend attribute") \
+        if "backend" in attrs else None
     if "model_config" in attrs:
         if keras_major(version) == 1:
             raise refuse_keras1(source, f"this model (keras_version {version})")
-        try:
-            config = json.loads(text(attrs["model_config"]))
-        except (ValueError, TypeError) as exc:
-            raise ModelFormatError(f"{source}: the model_config attribute is not valid JSON "
-                                   f"({exc})") from None
+        raw = attrs["model_config"]
+        if isinstance(raw, np.ndarray) and raw.shape == ():
+            raw = raw[()]
+        if not isinstance(raw, (str, bytes, np.bytes_)):
+            raise ModelFormatError(f"{source}: the model_config attribute is not text (it is "
+                                   f"{type(raw).__name__})")
+        config = load_json(bytes(raw) if isinstance(raw, np.bytes_) else raw, source,
+                           "the model_config attribute")
         if version is None and _looks_keras1(config):
             raise refuse_keras1(source, "this model (Keras 1 parameter names, no "
                                         "keras_version)")
-        weights = f["model_weights"] if "model_weights" in f else f
+        weights = member(f, "model_weights", source) if "model_weights" in f else f
         return Contents(config, version, backend, "hdf5",
                         lambda model: assign_legacy(model, legacy_groups(weights, source),
                                                     source))
@@ -86,13 +93,14 @@ def read_hdf5(f, source: str) -> Contents:
         return Contents(None, version, backend, "hdf5-weights",
                         lambda model: assign_legacy(model, legacy_groups(f, source), source))
     if "layers" in f or "_layer_checkpoint_dependencies" in f or \
-            any(k.startswith("_layer_checkpoint_dependencies\\") for k in f.keys()):
+            any(isinstance(k, str) and k.startswith("_layer_checkpoint_dependencies\\")
+                for k in f.keys()):
         return Contents(None, None, None, "keras3-weights",
                         lambda model: assign_v3(model, f, source))
     raise ModelFormatError(
         f"{source}: this HDF5 file is not a Keras model or weights file (it has no "
         f"model_config, layer_names or layers group; top-level entries: "
-        f"{', '.join(list(f.keys())[:6]) or 'none'})")
+        f"{', '.join(map(str, list(f.keys())[:6])) or 'none'})")
 
 
 _KERAS1_KEYS = ("nb_filter", "output_dim", "border_mode", "dim_ordering", "subsample", "init")

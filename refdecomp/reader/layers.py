@@ -16,8 +16,9 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedLayerError
-from .config import CODE_CLASSES, LayerSpec
+from .config import CODE_CLASSES, CONFIG_ERRORS, MAX_DIM, LayerSpec, is_keras_module
 from .shapes import ShapeError, output_shape
+from .stored import StoredArray
 
 Shape = tuple  # of int | None, without the batch axis
 
@@ -101,18 +102,43 @@ def _bad(layer: LayerSpec, dialect: Dialect, why: str) -> ModelFormatError:
 # --------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------
-def _pair(value: Any, default: int | None = None) -> tuple[int, int]:
+def _int(value: Any, layer: LayerSpec, dialect: Dialect, what: str, lo: int = 1,
+         hi: int = MAX_DIM) -> int:
+    """A JSON integer config value in [lo, hi]; anything else (a string, a float, a bool,
+    null, a huge number) is refused naming the layer and the argument. Every size, stride and
+    dilation that reaches a kernel passes here, so no index computed from them can leave its
+    buffer."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or \
+            not lo <= int(value) <= hi:
+        raise _bad(layer, dialect, f"{what} is {_short(value)}; expected an integer in "
+                                   f"[{lo}, {hi}]")
+    return int(value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _pair(value: Any, default: Any, layer: LayerSpec, dialect: Dialect, what: str,
+          lo: int = 1) -> tuple[int, int]:
+    """An int or a list of one or two ints (`kernel_size`, `strides`, ...), each >= lo."""
     if value is None:
         value = default
-    if isinstance(value, (list, tuple)):
-        if len(value) == 1:
-            return (int(value[0]), int(value[0]))
-        return (int(value[0]), int(value[1]))
-    return (int(value), int(value))
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(items) not in (1, 2):
+        raise _bad(layer, dialect, f"{what} is {_short(value)}; expected one or two "
+                                   f"integers")
+    a = _int(items[0], layer, dialect, what, lo)
+    b = _int(items[-1], layer, dialect, what, lo)
+    return (a, b)
 
 
 def _data_format(cfg: dict) -> str:
     fmt = cfg.get("data_format") or "channels_last"
+    if fmt not in ("channels_last", "channels_first"):
+        raise ValueError(f"data_format {str(fmt)[:40]!r} is neither 'channels_last' nor "
+                         f"'channels_first'")
     return str(fmt)
 
 
@@ -134,7 +160,7 @@ def _axes(axis: Any, rank: int, layer: LayerSpec, dialect: Dialect) -> tuple[int
     items = axis if isinstance(axis, (list, tuple)) else [axis]
     out = []
     for a in items:
-        a = int(a)
+        a = _int(a, layer, dialect, "axis", -rank - 1, rank + 1)
         p = a + rank + 1 if a < 0 else a
         if not 1 <= p <= rank:
             raise _bad(layer, dialect, f"axis {a} is out of range for an input of rank "
@@ -154,8 +180,8 @@ def activation(value: Any, layer: LayerSpec, dialect: Dialect) -> dict[str, Any]
     """Normalise a Keras activation (string or serialised function) to the IR's dict form."""
     if isinstance(value, dict):
         inner = value.get("config")
-        module = str(value.get("module") or "keras")
-        if not module.startswith(("keras", "tf_keras", "builtins")) or \
+        module = value.get("module") or "keras"
+        if not is_keras_module(module, ("builtins",)) or \
                 value.get("registered_name") not in (None, "function", value.get("class_name")):
             raise _fail(layer, dialect, f"custom activation {value.get('class_name')!r} is code "
                                         f"from the program that saved the file")
@@ -191,13 +217,17 @@ def _f32(a: np.ndarray) -> np.ndarray:
 
 def _conv2d(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
     cfg = layer.config
-    if int(cfg.get("groups", 1) or 1) != 1:
+    if _int(cfg.get("groups", 1) or 1, layer, dialect, "groups") != 1:
         raise _fail(layer, dialect, f"grouped convolution (groups={cfg['groups']}) is not "
                                     f"supported")
-    kh, kw = _pair(cfg.get("kernel_size"))
-    strides, dilation = _pair(cfg.get("strides"), 1), _pair(cfg.get("dilation_rate"), 1)
+    kh, kw = _pair(cfg.get("kernel_size"), None, layer, dialect, "kernel_size")
+    strides = _pair(cfg.get("strides"), 1, layer, dialect, "strides")
+    dilation = _pair(cfg.get("dilation_rate"), 1, layer, dialect, "dilation_rate")
+    if dilation != (1, 1) and strides != (1, 1):
+        raise _fail(layer, dialect, f"strides {strides} with dilation_rate {dilation}: Keras "
+                                    f"does not allow both above 1")
     kernel = _f32(w["kernel"])
-    filters = int(cfg.get("filters", kernel.shape[-1]))
+    filters = _int(cfg.get("filters", kernel.shape[-1]), layer, dialect, "filters")
     if kernel.ndim != 4 or kernel.shape[:2] != (kh, kw) or kernel.shape[3] != filters:
         raise _bad(layer, dialect, f"kernel of shape {kernel.shape} does not match kernel_size "
                                    f"{(kh, kw)} and {filters} filters")
@@ -217,7 +247,7 @@ def _conv2d(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowere
 def _dense(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
     cfg = layer.config
     kernel = _f32(w["kernel"])
-    units = int(cfg.get("units", kernel.shape[-1]))
+    units = _int(cfg.get("units", kernel.shape[-1]), layer, dialect, "units")
     if kernel.ndim != 2 or kernel.shape[1] != units:
         raise _bad(layer, dialect, f"kernel of shape {kernel.shape} does not match {units} "
                                    f"units")
@@ -230,8 +260,8 @@ def _dense(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered
 def _pool(op: str) -> Normaliser:
     def normalise(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
         cfg = layer.config
-        pool = _pair(cfg.get("pool_size"), 2)
-        strides = _pair(cfg["strides"]) if cfg.get("strides") is not None else pool
+        pool = _pair(cfg.get("pool_size"), 2, layer, dialect, "pool_size")
+        strides = _pair(cfg.get("strides"), pool, layer, dialect, "strides")
         return Lowered(op, {"pool": pool, "strides": strides,
                             "padding": _padding(layer, dialect),
                             "data_format": _data_format(cfg)})
@@ -251,7 +281,10 @@ def _flatten(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lower
 
 
 def _reshape(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
-    target = tuple(int(d) for d in layer.config.get("target_shape", ()))
+    target_shape = layer.config.get("target_shape")
+    if not isinstance(target_shape, (list, tuple)):
+        raise _bad(layer, dialect, f"target_shape {str(target_shape)[:40]!r} is not a list")
+    target = tuple(_int(d, layer, dialect, "target_shape", -1) for d in target_shape)
     return Lowered("reshape", {"target_shape": target})
 
 
@@ -262,7 +295,8 @@ def _add(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
 
 
 def _concatenate(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
-    return Lowered("concatenate", {"axis": int(layer.config.get("axis", -1))})
+    return Lowered("concatenate", {"axis": _int(layer.config.get("axis", -1), layer, dialect,
+                                                "axis", -MAX_DIM)})
 
 
 def _activation_layer(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lowered:
@@ -374,9 +408,10 @@ def _zero_pad2d(layer: LayerSpec, shapes: list, w: dict, dialect: Dialect) -> Lo
     cfg = layer.config
     pad = cfg.get("padding", 1)
     if isinstance(pad, (list, tuple)) and len(pad) == 2 and isinstance(pad[0], (list, tuple)):
-        (t, b), (lf, r) = _pair(pad[0]), _pair(pad[1])
+        (t, b) = _pair(pad[0], None, layer, dialect, "padding", lo=0)
+        (lf, r) = _pair(pad[1], None, layer, dialect, "padding", lo=0)
     else:
-        (t, lf) = _pair(pad)
+        (t, lf) = _pair(pad, None, layer, dialect, "padding", lo=0)
         b, r = t, lf
     return Lowered("zero_pad2d", {"padding": ((t, b), (lf, r)),
                                   "data_format": _data_format(cfg)})
@@ -430,16 +465,91 @@ def lower(layer: LayerSpec, shapes: list, dialect: Dialect) -> Lowered:
     if layer.class_name not in ("Add", "Concatenate") and len(shapes) != 1:
         raise _bad(layer, dialect, f"expects one input, the config gives {len(shapes)}")
     try:
+        _read_weights(layer, shapes, dialect)
         low = NORMALISERS[layer.class_name](layer, shapes, layer.weights, dialect)
     except KeyError as exc:
         if exc.args and exc.args[0] in ("kernel", "bias", "alpha", "gamma", "beta",
                                         "moving_mean", "moving_variance"):
             raise _bad(layer, dialect, f"has no {exc.args[0]!r} weight in the file") from None
-        raise
+        raise _wrong_type(layer, dialect, exc) from None
+    except ShapeError as exc:
+        raise _bad(layer, dialect, str(exc)) from None
+    except CONFIG_ERRORS as exc:
+        raise _wrong_type(layer, dialect, exc) from None
     try:
-        low.shape = output_shape(low.op, low.attrs, low.weights, shapes)
+        low.shape = output_shape(low.op, low.attrs, low.weights, shapes, dialect.source)
     except ShapeError as exc:
         raise _bad(layer, dialect, str(exc)) from None
     return low
+
+
+def _wrong_type(layer: LayerSpec, dialect: Dialect, exc: Exception) -> ModelFormatError:
+    return _bad(layer, dialect, f"a config value has the wrong type or is out of range "
+                                f"({type(exc).__name__}: {exc})")
+
+
+# --------------------------------------------------------------------------------------------
+# Weights: shapes the config implies, checked before anything is read
+# --------------------------------------------------------------------------------------------
+def _channels(shape: Shape, cfg: dict):
+    if len(shape) != 3:
+        return None
+    return shape[0] if _data_format(cfg) == "channels_first" else shape[-1]
+
+
+def expected_weights(layer: LayerSpec, shapes: list) -> dict[str, Any]:
+    """{role: expected shape (tuple, `None` = any size) or element count (int)} implied by the
+    layer's config and input shape; a stored array is read only if it fits."""
+    c, cfg = layer.class_name, layer.config
+    (x,) = shapes if len(shapes) == 1 else (None,)
+    if c in _CONV_CLASSES:
+        k = cfg.get("kernel_size")
+        k = list(k) * (2 if len(k) == 1 else 1) if isinstance(k, (list, tuple)) else [k, k]
+        filters = cfg.get("filters")
+        return {"kernel": (k[0], k[1], _channels(x, cfg), filters), "bias": (filters,)}
+    if c == "Dense":
+        units = cfg.get("units")
+        return {"kernel": (x[-1] if x else None, units), "bias": (units,)}
+    if c == "BatchNormalization" and x is not None:
+        axis = cfg.get("axis", -1)
+        axes = axis if isinstance(axis, (list, tuple)) else [axis]
+        dims = [x[a - 1] if a > 0 else x[a] for a in axes if isinstance(a, int) and
+                -len(x) <= (a if a < 0 else a - 1) < len(x)]
+        n = int(np.prod(dims, dtype=object)) if dims and None not in dims else None
+        return {role: n for role in ("gamma", "beta", "moving_mean", "moving_variance")}
+    if c == "PReLU" and x is not None:
+        return {"alpha": (None,) * len(x)}
+    if c == "Normalization":
+        return {"count": 1}
+    return {}
+
+
+def _read_weights(layer: LayerSpec, shapes: list, dialect: Dialect) -> None:
+    """Replace the layer's `StoredArray`s by their values, once each is checked against
+    `expected_weights` (a shared layer reads them on its first call only)."""
+    want = expected_weights(layer, shapes)
+    for role, value in list(layer.weights.items()):
+        if not isinstance(value, StoredArray):
+            continue
+        spec = want.get(role)
+        if isinstance(spec, int) and not isinstance(spec, bool):
+            fits = int(np.prod(value.shape, dtype=object)) == spec
+        elif isinstance(spec, tuple):
+            fits = len(value.shape) == len(spec) and all(
+                d is None or not isinstance(d, int) or d == s for d, s in zip(spec, value.shape))
+        else:
+            fits = True
+        if not fits:
+            raise _bad(layer, dialect, f"weight {value.name!r} has shape {value.shape}, but "
+                                       f"the layer's config and input {shapes[0] if shapes else ()} "
+                                       f"imply {_describe_spec(spec)}")
+        layer.weights[role] = value.read()
+
+
+def _describe_spec(spec: Any) -> str:
+    if isinstance(spec, tuple):
+        dims = ["?" if not isinstance(d, int) else str(d) for d in spec]
+        return "shape (" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+    return f"{spec} values"
 
 

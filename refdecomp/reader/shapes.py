@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, ModelFormatError
+from .. import limits
+from ..errors import DataError, LimitError, ModelFormatError
 from ..graph import Graph, Node
 
 Shape = tuple
@@ -42,9 +43,13 @@ def window_out(n, k: int, s: int, d: int, padding: str):
 
 
 def prod(shape: Shape):
+    """Exact product (Python integers never wrap), None if a dimension is open."""
     if any(d is None for d in shape):
         return None
-    return int(np.prod(shape, dtype=np.int64))
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def _broadcast(a, b, what: str):
@@ -57,17 +62,65 @@ def _broadcast(a, b, what: str):
     raise ShapeError(f"cannot {what} inputs whose dimensions {a} and {b} differ")
 
 
-def _window(attrs: dict, shape: Shape, k: tuple, channels) -> Shape:
+def _positive_pair(attrs: dict, key: str, default=None) -> tuple[int, int]:
+    value = attrs.get(key, default)
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+            for v in value):
+        raise ShapeError(f"{key} {value!r} must be two integers >= 1")
+    return int(value[0]), int(value[1])
+
+
+def _window(attrs: dict, shape: Shape, k: tuple, channels, where: str) -> Shape:
+    """Output shape of a convolution or pooling window; refuses sizes that would let an index
+    leave its buffer (a size, stride or dilation < 1) and padded inputs or window index maps
+    above the per-tensor limit."""
     fmt = attrs.get("data_format", "channels_last")
     h, w, c = _hwc(shape, fmt)
-    d = attrs.get("dilation", (1, 1))
-    s, p = attrs["strides"], attrs["padding"]
-    return _from_hwc(window_out(h, k[0], s[0], d[0], p), window_out(w, k[1], s[1], d[1], p),
-                     c if channels is None else channels, fmt)
+    k = _positive_pair({"kernel or pool size": tuple(k)}, "kernel or pool size")
+    d = _positive_pair(attrs, "dilation", (1, 1))
+    s, p = _positive_pair(attrs, "strides"), attrs["padding"]
+    if p not in ("valid", "same"):
+        raise ShapeError(f"padding {p!r} is neither 'valid' nor 'same'")
+    oh, ow = window_out(h, k[0], s[0], d[0], p), window_out(w, k[1], s[1], d[1], p)
+    if None not in (h, w, c) and p == "same":
+        span_h, span_w = (k[0] - 1) * d[0] + 1, (k[1] - 1) * d[1] + 1
+        padded = (max(h, (oh - 1) * s[0] + span_h), max(w, (ow - 1) * s[1] + span_w), c)
+        _limit(padded, where, "the zero-padded input")
+    if None not in (oh, ow):
+        _limit((oh * ow, k[0] * k[1]), where, "the window index map (positions x taps)")
+    return _from_hwc(oh, ow, c if channels is None else channels, fmt)
 
 
-def output_shape(op: str, attrs: dict, weights: dict, shapes: list[Shape]) -> Shape:
-    """Output shape of one op; raises `ShapeError` if the inputs do not fit."""
+def _limit(shape: Shape, where: str, what: str) -> None:
+    try:
+        limits.elements(shape, where, what)
+    except LimitError as exc:
+        raise ShapeError(str(exc).split(": ", 1)[1]) from None
+
+
+def _check_scales(attrs: dict, x: Shape) -> None:
+    """Rescaling's scale / offset lists broadcast on the last axis: one value or one per
+    channel."""
+    for key in ("scale", "offset"):
+        value = attrs.get(key)
+        if isinstance(value, (list, tuple)) and len(value) != 1 and (
+                not x or (x[-1] is not None and len(value) != x[-1])):
+            raise ShapeError(f"has {len(value)} {key} values for an input of shape {x}; give "
+                             f"one value or one per channel ({x[-1] if x else 0})")
+
+
+def output_shape(op: str, attrs: dict, weights: dict, shapes: list[Shape],
+                 where: str = "") -> Shape:
+    """Output shape of one op; raises `ShapeError` if the inputs do not fit or the output (one
+    image's tensor) is above the per-tensor limit."""
+    out = _output_shape(op, attrs, weights, shapes, where)
+    _limit(tuple(1 if d is None else d for d in out), where, "the output tensor of one image")
+    return out
+
+
+def _output_shape(op: str, attrs: dict, weights: dict, shapes: list[Shape],
+                  where: str) -> Shape:
     if op in ("add", "concatenate"):
         if not shapes or len({len(s) for s in shapes}) != 1:
             raise ShapeError(f"cannot {op} inputs of shapes {shapes}")
@@ -81,9 +134,9 @@ def output_shape(op: str, attrs: dict, weights: dict, shapes: list[Shape]) -> Sh
         if c is not None and kernel.shape[2] != c:
             raise ShapeError(f"kernel of shape {kernel.shape} expects {kernel.shape[2]} input "
                              f"channels, the input has {c}")
-        out = _window(attrs, x, kernel.shape[:2], kernel.shape[3])
+        out = _window(attrs, x, kernel.shape[:2], kernel.shape[3], where)
     elif op in ("max_pool2d", "avg_pool2d"):
-        out = _window(attrs, x, attrs["pool"], None)
+        out = _window(attrs, x, attrs["pool"], None, where)
     elif op == "dense":
         kernel = weights["kernel"]
         if not x or (x[-1] is not None and x[-1] != kernel.shape[0]):
@@ -101,9 +154,13 @@ def output_shape(op: str, attrs: dict, weights: dict, shapes: list[Shape]) -> Sh
         fmt = attrs.get("data_format", "channels_last")
         h, w, c = _hwc(x, fmt)
         (t, b), (lf, r) = attrs["padding"]
+        if min(t, b, lf, r) < 0:
+            raise ShapeError(f"padding {attrs['padding']} must be >= 0")
         out = _from_hwc(None if h is None else h + t + b, None if w is None else w + lf + r, c,
                         fmt)
     else:   # element-wise ops keep the shape
+        if op == "rescaling":
+            _check_scales(attrs, x)
         out = tuple(x)
     if any(d is not None and d <= 0 for d in out):
         raise ShapeError(f"gives an empty output shape {out}; the input {x} is smaller than "
@@ -152,7 +209,7 @@ def _reshape(x: Shape, target: tuple) -> Shape:
 def infer(node: Node, shapes: list[Shape], source: str = "") -> Shape:
     """`output_shape` for a node, with errors that name the file and layer."""
     try:
-        return output_shape(node.op, node.attrs, node.weights, shapes)
+        return output_shape(node.op, node.attrs, node.weights, shapes, source)
     except ShapeError as exc:
         raise ModelFormatError(f"{source}: layer {node.name!r} ({node.keras_class or node.op}) "
                                f"{exc}") from None

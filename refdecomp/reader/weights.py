@@ -21,26 +21,33 @@ from typing import Any
 
 import numpy as np
 
+from .. import limits
 from ..errors import ModelFormatError
 from .config import LayerSpec, ModelSpec
 from .layers import n_weights, weight_roles
+from .stored import StoredArray, member
 
 KNOWN_ROLES = frozenset({"kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance",
                          "alpha", "mean", "variance", "count"})
 
 
-def text(value: Any) -> str:
+def text(value: Any, source: str = "", what: str = "an attribute") -> str:
     """HDF5 attributes are bytes under old h5py / old writers and str under new ones."""
     if isinstance(value, (bytes, np.bytes_)):
-        return value.decode("utf-8")
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ModelFormatError(f"{source}: {what} is not UTF-8 text "
+                                   f"({bytes(value)[:40]!r}); the file is damaged") from None
     return str(value)
 
 
-def name_list(value: Any) -> list[str]:
+def name_list(value: Any, source: str = "", what: str = "a name list") -> list[str]:
     """A list attribute; an empty list is stored as an empty float array."""
     if value is None:
         return []
-    return [text(v) for v in np.asarray(value).reshape(-1) if not isinstance(v, float)]
+    return [text(v, source, what) for v in np.asarray(value).reshape(-1)
+            if not isinstance(v, float)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -49,27 +56,28 @@ def name_list(value: Any) -> list[str]:
 def legacy_groups(group, source: str) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
     """[(layer group name, [(weight name, array), ...]), ...] in the file's `layer_names` order."""
     out = []
-    for lname in name_list(group.attrs.get("layer_names")):
+    budget = limits.Budget(source)
+    for lname in name_list(group.attrs.get("layer_names"), source, "the layer_names attribute"):
         if lname not in group:
             raise ModelFormatError(f"{source}: the file lists layer {lname!r} but has no group "
                                    f"for it; the file is damaged or truncated")
-        g = group[lname]
+        g = member(group, lname, source)
         arrays = []
-        for wname in name_list(g.attrs.get("weight_names")):
+        for wname in name_list(g.attrs.get("weight_names"), source,
+                               f"the weight_names attribute of layer {lname!r}"):
             if wname not in g:
                 raise ModelFormatError(f"{source}: weight {wname!r} of layer {lname!r} is "
                                        f"missing from the file; it is damaged or truncated")
-            arrays.append((wname, _read(g[wname], source)))
+            arrays.append((wname, _stored(member(g, wname, source), source, budget)))
         out.append((lname, arrays))
     return out
 
 
-def _read(dataset, source: str) -> np.ndarray:
-    try:
-        return np.asarray(dataset[()])
-    except (OSError, KeyError, ValueError) as exc:
-        raise ModelFormatError(f"{source}: cannot read weight {dataset.name!r} ({exc}); the "
-                               f"file is damaged or truncated") from None
+def _stored(dataset, source: str, budget: limits.Budget) -> StoredArray:
+    arr = StoredArray(dataset, source)
+    budget.take(int(np.prod(arr.shape, dtype=object)) * arr.dtype.itemsize,
+                f"weight {arr.name!r}")
+    return arr
 
 
 def _role_of(weight_name: str) -> str:
@@ -147,30 +155,33 @@ def to_snake_case(name: str) -> str:
     return name.lower()
 
 
-def _resolve(group, parts: list[str]):
+def _resolve(group, parts: list[str], source: str):
     """Descend `parts`, accepting groups whose names joined several parts with backslashes
     (files written on Windows). Returns None if absent."""
     if not parts:
         return group
+    if not hasattr(group, "keys"):
+        return None
     for j in range(len(parts), 0, -1):
         key = "\\".join(parts[:j])
         if key in group:
-            found = _resolve(group[key], parts[j:])
+            found = _resolve(member(group, key, source), parts[j:], source)
             if found is not None:
                 return found
     return None
 
 
-def _has_prefix(group, parts: list[str]) -> bool:
+def _has_prefix(group, parts: list[str], source: str) -> bool:
     """Whether `parts` leads to a group, or begins the backslash-joined name of a member."""
     if not parts:
         return True
     joined = "\\".join(parts) + "\\"
-    if any(key.startswith(joined) for key in group.keys()):
+    if any(isinstance(key, str) and key.startswith(joined) for key in group.keys()):
         return True
     for j in range(len(parts), 0, -1):
         key = "\\".join(parts[:j])
-        if key in group and hasattr(group[key], "keys") and _has_prefix(group[key], parts[j:]):
+        if key in group and hasattr(member(group, key, source), "keys") and \
+                _has_prefix(group[key], parts[j:], source):
             return True
     return False
 
@@ -180,7 +191,7 @@ _CONTAINERS = ("layers", "_layer_checkpoint_dependencies")
 
 def assign_v3(model: ModelSpec, root, source: str) -> None:
     """Attach arrays stored in the Keras 3 layout below `root` (an h5py group)."""
-    _assign_v3_model(model, root, [], source)
+    _assign_v3_model(model, root, [], source, limits.Budget(source))
 
 
 def _class_key(layer: LayerSpec) -> str:
@@ -189,8 +200,9 @@ def _class_key(layer: LayerSpec) -> str:
     return to_snake_case(layer.class_name)
 
 
-def _assign_v3_model(model: ModelSpec, root, path: list[str], source: str) -> None:
-    container = next((c for c in _CONTAINERS if _has_prefix(root, path + [c])), None)
+def _assign_v3_model(model: ModelSpec, root, path: list[str], source: str,
+                     budget: limits.Budget) -> None:
+    container = next((c for c in _CONTAINERS if _has_prefix(root, path + [c], source)), None)
     if container is None:
         if any(n_weights(layer) for layer in model.layers):
             raise ModelFormatError(f"{source}: no weights for model {model.name!r} (group "
@@ -212,28 +224,30 @@ def _assign_v3_model(model: ModelSpec, root, path: list[str], source: str) -> No
             used[key] += 1
         where = path + [container, name]
         if layer.model is not None:
-            _assign_v3_model(layer.model, root, where, source)
+            _assign_v3_model(layer.model, root, where, source, budget)
             continue
         tr, ntr = weight_roles(layer)
         roles = tr + ntr
         if not roles:
             continue
-        vars_group = _resolve(root, where + ["vars"])
-        if vars_group is None:
+        vars_group = _resolve(root, where + ["vars"], source)
+        if vars_group is None or not hasattr(vars_group, "keys"):
             raise ModelFormatError(f"{source}: no weights for {layer.describe()} (expected "
                                    f"group {'/'.join(where + ['vars'])!r})")
         saved_name = vars_group.attrs.get("name")
-        if saved_name is not None and text(saved_name) != layer.name:
+        if saved_name is not None:
+            saved_name = text(saved_name, source, f"the name of group {'/'.join(where)!r}")
+        if saved_name is not None and saved_name != layer.name:
             raise ModelFormatError(
                 f"{source}: group {'/'.join(where)!r} holds the weights of layer "
-                f"{text(saved_name)!r}, expected {layer.describe()}; the architecture does not "
+                f"{saved_name!r}, expected {layer.describe()}; the architecture does not "
                 f"match these weights")
         for i, role in enumerate(roles):
             if str(i) not in vars_group:
                 raise ModelFormatError(f"{source}: {layer.describe()} expects {len(roles)} "
                                        f"arrays ({', '.join(roles)}); "
                                        f"{'/'.join(where + ['vars', str(i)])!r} is missing")
-            layer.weights[role] = _read(vars_group[str(i)], source)
+            layer.weights[role] = _stored(member(vars_group, str(i), source), source, budget)
         if str(len(roles)) in vars_group:
             raise ModelFormatError(f"{source}: {layer.describe()} expects {len(roles)} arrays "
                                    f"({', '.join(roles)}) but the file has more")
