@@ -437,6 +437,9 @@ def load_image_folder(path: str | os.PathLike, name: str | None = None) -> Datas
                     arr = np.asarray(im.convert(mode), dtype=np.uint8)
             except RefdecompError:
                 raise
+            except Image.DecompressionBombError as exc:
+                raise LimitError(f"{path}: {member} is above Pillow's limit on image size "
+                                 f"({exc})") from None
             except Exception as exc:
                 raise DataError(f"{path}: {member} is not a readable image ({exc})") from exc
             if images and arr.shape != images[0].shape:

@@ -497,18 +497,20 @@ def _channels(shape: Shape, cfg: dict):
     return shape[0] if _data_format(cfg) == "channels_first" else shape[-1]
 
 
-def expected_weights(layer: LayerSpec, shapes: list) -> dict[str, Any]:
+def expected_weights(layer: LayerSpec, shapes: list, dialect: Dialect) -> dict[str, Any]:
     """{role: expected shape (tuple, `None` = any size) or element count (int)} implied by the
-    layer's config and input shape; a stored array is read only if it fits."""
+    layer's config and input shape; a stored array is read only if it fits. The sizes used
+    are validated here first, so an invalid one is reported as such."""
     c, cfg = layer.class_name, layer.config
     (x,) = shapes if len(shapes) == 1 else (None,)
     if c in _CONV_CLASSES:
-        k = cfg.get("kernel_size")
-        k = list(k) * (2 if len(k) == 1 else 1) if isinstance(k, (list, tuple)) else [k, k]
+        kh, kw = _pair(cfg.get("kernel_size"), None, layer, dialect, "kernel_size")
         filters = cfg.get("filters")
-        return {"kernel": (k[0], k[1], _channels(x, cfg), filters), "bias": (filters,)}
+        filters = None if filters is None else _int(filters, layer, dialect, "filters")
+        return {"kernel": (kh, kw, _channels(x, cfg), filters), "bias": (filters,)}
     if c == "Dense":
         units = cfg.get("units")
+        units = None if units is None else _int(units, layer, dialect, "units")
         return {"kernel": (x[-1] if x else None, units), "bias": (units,)}
     if c == "BatchNormalization" and x is not None:
         axis = cfg.get("axis", -1)
@@ -527,7 +529,7 @@ def expected_weights(layer: LayerSpec, shapes: list) -> dict[str, Any]:
 def _read_weights(layer: LayerSpec, shapes: list, dialect: Dialect) -> None:
     """Replace the layer's `StoredArray`s by their values, once each is checked against
     `expected_weights` (a shared layer reads them on its first call only)."""
-    want = expected_weights(layer, shapes)
+    want = expected_weights(layer, shapes, dialect)
     for role, value in list(layer.weights.items()):
         if not isinstance(value, StoredArray):
             continue
