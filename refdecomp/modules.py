@@ -268,7 +268,10 @@ class ModuleSet:
         g = self.model.graph
         src = self.model.source_graph
         with atomic_path(path, suffix=".h5") as tmp:
-            with h5py.File(tmp, "w") as f:
+            # HDF5 1.10 object headers carry checksums and fletcher32 guards the data, so a
+            # damaged module file is detected by libhdf5 instead of being misread (or crashing
+            # it: libhdf5 does not survive every damaged pre-1.10 header)
+            with h5py.File(tmp, "w", libver=("v110", "latest")) as f:
                 a = f.attrs
                 a["format"] = FORMAT
                 a["format_version"] = FORMAT_VERSION
@@ -287,12 +290,12 @@ class ModuleSet:
                     grp.attrs["class_name"] = json.dumps(m.class_name)
                     grp.attrs["channeling"] = m.channeling
                     grp.attrs["info"] = json.dumps(m.info, default=str)
-                    grp.create_dataset("head_kernel", data=m.head_kernel)
-                    grp.create_dataset("head_bias", data=m.head_bias)
+                    grp.create_dataset("head_kernel", data=m.head_kernel, fletcher32=True)
+                    grp.create_dataset("head_bias", data=m.head_bias, fletcher32=True)
                     for kind, maps in (("masks", m.masks), ("active", m.active)):
                         for j, (node, mask) in enumerate(maps.items()):
                             d = grp.create_dataset(f"{kind}/{j}", data=np.packbits(mask != 0),
-                                                   compression="gzip")
+                                                   compression="gzip", fletcher32=True)
                             d.attrs["node"] = node
                             d.attrs["shape"] = np.asarray(mask.shape, dtype=np.int64)
         return Path(path)

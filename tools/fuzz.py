@@ -232,20 +232,17 @@ def run_case(kind: str, path: Path, model_path: Path):
 
 
 def _child(spec_file: str) -> int:
-    """Run the cases listed in `spec_file` under the memory and time limits; print a JSON
-    list of outcomes."""
+    """Run the cases listed in `spec_file` under the memory and time limits, appending one JSON
+    line [kind, case, outcome] per case to the spec's results file as it goes."""
     import resource
     import signal
     import warnings
-
-    import numpy as np
 
     import refdecomp
     from refdecomp import limits
 
     spec = json.loads(Path(spec_file).read_text())
     run_case("h5", Path(spec["model"]), Path(spec["model"]))    # warm up: kernels, threads
-    np.zeros(1)
     with open("/proc/self/statm") as fh:
         mapped = int(fh.read().split()[0]) * resource.getpagesize()
     cap = mapped + spec["memory_mb"] * (1 << 20)
@@ -258,7 +255,7 @@ def _child(spec_file: str) -> int:
         raise Hang()
 
     signal.signal(signal.SIGALRM, alarm)
-    outcomes = []
+    results = open(spec["results"], "a", buffering=1)
     # keep what a file may legitimately ask for well below the address-space cap
     with limits.override(max_tensor_bytes=spec["memory_mb"] << 18,
                          max_file_bytes=spec["memory_mb"] << 19), warnings.catch_warnings():
@@ -268,10 +265,10 @@ def _child(spec_file: str) -> int:
             try:
                 run_case(kind, Path(path), Path(spec["model"]))
                 outcome = "result"
+            except refdecomp.errors.InternalError as exc:
+                outcome = f"FAILED: InternalError: {exc}"
             except refdecomp.RefdecompError as exc:
                 outcome = f"refused: {type(exc).__name__}"
-                if isinstance(exc, refdecomp.errors.InternalError):
-                    outcome = f"FAILED: InternalError: {exc}"
             except Hang:
                 outcome = f"FAILED: more than {spec['seconds']} s"
             except MemoryError:
@@ -280,28 +277,40 @@ def _child(spec_file: str) -> int:
                 outcome = f"FAILED: {type(exc).__name__}: {str(exc)[:200]}"
             finally:
                 signal.alarm(0)
-            outcomes.append([kind, name, outcome])
-    print(json.dumps(outcomes))
+            results.write(json.dumps([kind, name, outcome]) + "\n")
     return 0
 
 
 def campaign(n: int, seed: int, folder: Path, *, memory_mb: int = 1024, seconds: int = 60,
              timeout: float = 1800) -> list[list[str]]:
-    """Make seeds and `n` mutants of each kind in `folder` and run them in a limited child:
-    [[kind, case, outcome], ...]; a child that dies (a crash in a C library) is reported as
-    one outcome naming the case range."""
+    """Make seeds and `n` mutants of each kind in `folder` and run them in limited children:
+    [[kind, case, outcome], ...]. A child killed by a signal (a crash in a C library) is
+    reported as the outcome of the case it was running, and a new child goes on with the
+    rest."""
     seeds = make_seeds(folder / "seeds")
     cases = [[k, name, str(p)] for k, name, p in mutants(seeds, n, seed, folder / "mutants")]
-    spec = folder / "spec.json"
-    spec.write_text(json.dumps({"cases": cases, "model": str(seeds["h5"]),
-                                "memory_mb": memory_mb, "seconds": seconds}))
+    results = folder / "results.jsonl"
+    results.write_text("")
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, __file__, "--child", str(spec)], capture_output=True,
-                          text=True, timeout=timeout, env=env)
-    if proc.returncode != 0:
-        return [["*", f"{len(cases)} cases", f"FAILED: the child died with status "
-                 f"{proc.returncode}: {proc.stderr[-2000:]}"]]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    outcomes: list[list[str]] = []
+    while len(outcomes) < len(cases):
+        spec = folder / "spec.json"
+        spec.write_text(json.dumps({"cases": cases[len(outcomes):], "model": str(seeds["h5"]),
+                                    "memory_mb": memory_mb, "seconds": seconds,
+                                    "results": str(results)}))
+        proc = subprocess.run([sys.executable, __file__, "--child", str(spec)],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+        outcomes = [json.loads(line) for line in results.read_text().splitlines()]
+        if proc.returncode != 0:
+            if len(outcomes) >= len(cases):
+                break
+            kind, name, _ = cases[len(outcomes)]
+            crash = [kind, name, f"FAILED: the process died with status {proc.returncode} "
+                                 f"{proc.stderr.strip()[-300:]}"]
+            with open(results, "a") as fh:
+                fh.write(json.dumps(crash) + "\n")
+            outcomes.append(crash)
+    return outcomes
 
 
 def summary(outcomes: list[list[str]]) -> str:
