@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from .errors import (
     DataError,
+    InternalError,
+    LimitError,
     ModelFormatError,
     ModuleFileError,
+    OutputError,
     RefdecompError,
     UnsupportedLayerError,
 )
@@ -24,6 +27,10 @@ __all__ = [
     "UnsupportedLayerError",
     "DataError",
     "ModuleFileError",
+    "LimitError",
+    "OutputError",
+    "InternalError",
+    "limits",
     "load_model",
     "decompose",
     "observe",
@@ -33,6 +40,7 @@ __all__ = [
     "audit_modules",
 ]
 
+from . import limits  # noqa: E402
 from .decompose import build_modules, decompose, observe  # noqa: E402
 from .modules import load_modules  # noqa: E402
 # The function (which imports Keras only when called) shadows its module's name on purpose.

@@ -105,12 +105,25 @@ class Model:
                                 f"(use layer_outputs for source layer names)")
         masks = self._check_masks(masks)
         groups = self._check_groups(groups, recorder, n)
+        from . import limits
+
+        for m in out_names:
+            limits.elements((n, *self.graph[m].shape), self.graph.source or "run",
+                            f"the output {m!r} for {n} images")
         results = [np.empty((n, *self.graph[m].shape), dtype=np.float32) for m in out_names]
+        # no intermediate of a batch above the per-tensor limit (results do not depend on it)
+        batch_size = max(1, min(batch_size, limits.current().max_tensor_bytes //
+                                max(1, self._largest_per_image())))
         starts = range(0, n, batch_size)
         with self._parallel():
             self._stream(xs, n, batch_size, masks, recorder, groups, out_names, results,
                          _progress(starts, progress, total=len(starts)))
         return results
+
+    def _largest_per_image(self) -> int:
+        """Bytes of the largest float32 tensor one image produces in the execution graph."""
+        return max((4 * int(np.prod(node.shape, dtype=object)) for node in self.graph.nodes),
+                   default=4)
 
     def _parallel(self):
         """Kernels split batches over worker threads (single-threaded BLAS each)."""

@@ -14,8 +14,9 @@ anything is allocated or read, so a small hostile file cannot make refdecomp all
 
 Override them with environment variables (`REFDECOMP_MAX_TENSOR_BYTES`,
 `REFDECOMP_MAX_FILE_BYTES`, `REFDECOMP_MAX_JSON_BYTES`, `REFDECOMP_MAX_JSON_DEPTH`,
-`REFDECOMP_MAX_CLASSES`; plain integers, or with a K/M/G/T suffix for powers of 1024) or, in
-Python, with `with refdecomp.limits.override(max_tensor_bytes=...)`.
+`REFDECOMP_MAX_CLASSES`; plain integers, or with a K/M/G/T suffix for powers of 1024; read
+when first needed, again after `refresh()`) or, in Python, with
+`with refdecomp.limits.override(max_tensor_bytes=...)`.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class Limits:
 
 
 _overrides: list[Limits] = []
+_from_environment: Limits | None = None
 _SUFFIX = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -57,14 +59,24 @@ def _parse(name: str, text: str) -> int:
 
 def current() -> Limits:
     """The limits in force: the innermost `override`, else the environment, else defaults."""
+    global _from_environment
     if _overrides:
         return _overrides[-1]
-    changes = {}
-    for f in fields(Limits):
-        name = f"REFDECOMP_{f.name.upper()}"
-        if os.environ.get(name):
-            changes[f.name] = _parse(name, os.environ[name])
-    return replace(Limits(), **changes) if changes else Limits()
+    if _from_environment is None:
+        changes = {}
+        for f in fields(Limits):
+            name = f"REFDECOMP_{f.name.upper()}"
+            if os.environ.get(name):
+                changes[f.name] = _parse(name, os.environ[name])
+        _from_environment = replace(Limits(), **changes)
+    return _from_environment
+
+
+def refresh() -> Limits:
+    """Read the environment variables again (after changing them in this process)."""
+    global _from_environment
+    _from_environment = None
+    return current()
 
 
 @contextlib.contextmanager

@@ -180,6 +180,18 @@ def test_flatten_size_is_exact_and_limited():
     assert output_shape("flatten", {}, {}, [(2 ** 10, 2 ** 10, 2)]) == (2 ** 21,)
 
 
+def test_batches_shrink_so_no_intermediate_exceeds_the_tensor_limit(seeds):
+    model = refdecomp.load_model(seeds["h5"])
+    x = np.random.default_rng(0).uniform(0, 255, (40, 8, 8, 1)).astype(np.float32)
+    want = model.predict(x, batch_size=40)
+    largest = model._largest_per_image()
+    with limits.override(max_tensor_bytes=3 * largest):      # batches of 3 images
+        np.testing.assert_array_equal(model.predict(x, batch_size=40), want)
+        with pytest.raises(LimitError, match="for 40 images"):
+            with limits.override(max_tensor_bytes=4 * 10 * 39):
+                model.predict(x)
+
+
 def test_keras_member_above_the_file_limit_is_refused_before_it_is_read(seeds, tmp_path):
     members = fuzz.read_members(seeds["keras"])
     members["padding.bin"] = bytes(4 << 20)          # compresses to a few KB
@@ -195,12 +207,18 @@ def test_keras_member_above_the_file_limit_is_refused_before_it_is_read(seeds, t
 
 def test_limits_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("REFDECOMP_MAX_TENSOR_BYTES", "3M")
-    assert limits.current().max_tensor_bytes == 3 << 20
-    with limits.override(max_tensor_bytes=5):
-        assert limits.current().max_tensor_bytes == 5
-    monkeypatch.setenv("REFDECOMP_MAX_TENSOR_BYTES", "lots")
-    with pytest.raises(RefdecompError, match="REFDECOMP_MAX_TENSOR_BYTES"):
-        limits.current()
+    try:
+        assert limits.refresh().max_tensor_bytes == 3 << 20
+        with limits.override(max_tensor_bytes=5):
+            assert limits.current().max_tensor_bytes == 5
+        assert limits.current().max_tensor_bytes == 3 << 20
+        monkeypatch.setenv("REFDECOMP_MAX_TENSOR_BYTES", "lots")
+        with pytest.raises(RefdecompError, match="REFDECOMP_MAX_TENSOR_BYTES"):
+            limits.refresh()
+    finally:
+        monkeypatch.delenv("REFDECOMP_MAX_TENSOR_BYTES")
+        limits.refresh()
+    assert limits.current().max_tensor_bytes == 4 << 30
 
 
 def _idx(shape, dtype_code=0x08, body=b"") -> bytes:
