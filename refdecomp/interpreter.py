@@ -111,7 +111,7 @@ class Model:
             limits.elements((n, *self.graph[m].shape), self.graph.source or "run",
                             f"the output {m!r} for {n} images")
         results = [np.empty((n, *self.graph[m].shape), dtype=np.float32) for m in out_names]
-        # no intermediate of a batch above the per-tensor limit (results do not depend on it)
+        # no intermediate of a batch above the per-tensor limit
         batch_size = max(1, min(batch_size, limits.current().max_tensor_bytes //
                                 max(1, self._largest_per_image())))
         starts = range(0, n, batch_size)

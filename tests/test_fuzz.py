@@ -186,7 +186,9 @@ def test_batches_shrink_so_no_intermediate_exceeds_the_tensor_limit(seeds):
     want = model.predict(x, batch_size=40)
     largest = model._largest_per_image()
     with limits.override(max_tensor_bytes=3 * largest):      # batches of 3 images
-        np.testing.assert_array_equal(model.predict(x, batch_size=40), want)
+        # the same up to float32 summation order (kernels block batches differently)
+        np.testing.assert_allclose(model.predict(x, batch_size=40), want, rtol=1e-5,
+                                   atol=1e-7)
         with pytest.raises(LimitError, match="for 40 images"):
             with limits.override(max_tensor_bytes=4 * 10 * 39):
                 model.predict(x)
