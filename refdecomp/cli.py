@@ -355,6 +355,8 @@ OPTIONAL_PACKAGES = {
     "sklearn": "pip install 'refdecomp[cli]' (or scikit-learn)",
     "matplotlib": "pip install 'refdecomp[cli]' (or matplotlib)",
     "tqdm": "pip install 'refdecomp[cli]' (or tqdm)",
+    "dask": "pip install 'refdecomp[distributed]' (for --scheduler / --workers)",
+    "distributed": "pip install 'refdecomp[distributed]' (for --scheduler / --workers)",
 }
 
 #: Exit status of a bug report (EX_SOFTWARE of sysexits.h): neither success (0), a failed
