@@ -158,6 +158,11 @@ def _output_shape(op: str, attrs: dict, weights: dict, shapes: list[Shape],
             raise ShapeError(f"padding {attrs['padding']} must be >= 0")
         out = _from_hwc(None if h is None else h + t + b, None if w is None else w + lf + r, c,
                         fmt)
+    elif op == "channel_logsumexp":   # a module's head: [z_c, logsumexp of the others]
+        c = attrs.get("class_index", 0)
+        if len(x) != 1 or (x[0] is not None and not 0 <= c < x[0]):
+            raise ShapeError(f"class_index {c} does not fit logits of shape {x}")
+        out = (2,)
     else:   # element-wise ops keep the shape
         if op == "rescaling":
             _check_scales(attrs, x)
