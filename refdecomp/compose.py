@@ -1,0 +1,263 @@
+"""Compose many modules in one shared pass of the model, exactly.
+
+All modules of a set share the model's weights; a module differs from the model only by its
+masks (mask 0 forces a conv2d / dense node's output to 0 after its activation) and its head.
+If on image x every node that module m masks already has the value its mask would give it (0)
+in the model's own pass, then by induction over the graph every activation of m on x equals
+the model's, and m's features at the head input are the model's. So, per batch:
+
+1. one pass of the model keeps the activations a restart can need (memory per batch only);
+2. per module, a small Numba scan over the flat indices of its masked nodes finds, per image,
+   the first masked node (in execution order) whose value the mask changes: a "flagged" pair;
+3. unflagged (image, module) pairs take the model's features at the head input;
+4. flagged pairs are recomputed, batched per module and start node: the masked node's value is
+   the model's with the mask applied, and the graph runs from the next node on, reading the
+   model's activations for everything computed before it (the interpreter's own executor and
+   kernels, so the values are the ones `Model.run(x, masks=module.masks)` gives).
+
+Non-ReLU activations (linear, leaky, tanh, ...) rarely output exactly 0, so a module that masks
+such nodes is flagged on almost every image and those pairs fall back to the recomputation.
+Flagging errs on the safe side only: a pair is taken from the model's pass only when the mask
+provably changes nothing (bit for bit), so over-flagging costs time, never exactness.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+from numba import njit
+
+from .errors import DataError, RefdecompError
+from .graph import WEIGHTED_OPS
+
+#: default images per batch: the activations kept for restarts take about (sum of the kept
+#: node sizes) x 4 bytes per image (1.6 MB for a CIFAR ResNet-20).
+DEFAULT_BATCH = 64
+
+NOT_FLAGGED = np.iinfo(np.int64).max
+
+
+@njit(nogil=True, cache=True)
+def scan_masked(bits, idx, care, position, first):
+    """first[b] = position for every image b not flagged yet (first[b] == NOT_FLAGGED) where
+    some masked element `idx` of the node's flat values `bits` (images, elements; uint32 views
+    of float32) has `bits & care != 0`, i.e. differs from the value the mask gives it."""
+    for b in range(bits.shape[0]):
+        if first[b] != NOT_FLAGGED:
+            continue
+        row = bits[b]
+        for i in idx:
+            if row[i] & care:
+                first[b] = position
+                break
+
+
+@dataclass
+class MaskedNode:
+    position: int                 # in model.graph.nodes
+    name: str
+    idx: np.ndarray               # int64 flat indices (per image) where the mask is 0
+    care: int                     # bits that must be 0 for the mask to change nothing
+    mask: np.ndarray              # the module's mask of the node (uint8, node shape)
+    fused: bool                   # masked in the kernels' epilogue (stores +0.0)
+
+
+@dataclass
+class ComposedBatch:
+    """One batch of `iter_features`: images [start, stop)."""
+    start: int
+    stop: int
+    features: list[np.ndarray]    # per module: (stop - start, *head input shape) float32
+    first: np.ndarray             # (stop - start, n_modules) int64: position of the first node
+    #                               whose mask changes its value; NOT_FLAGGED where none does
+    recomputed_macs: np.ndarray   # (n_modules,) multiply-accumulates of the recomputations
+
+    @property
+    def flagged(self) -> np.ndarray:
+        """(images, n_modules) bool: pairs that needed a real (partial) masked pass."""
+        return self.first != NOT_FLAGGED
+
+
+@dataclass
+class Composition:
+    """What `compose_features` returns."""
+    features: list[np.ndarray]    # per module: (n, *head input shape) float32
+    flagged_fraction: np.ndarray  # (n_modules,): images whose pair needed a real pass
+    recomputed_fraction: np.ndarray  # (n_modules,): recomputed MACs / MACs of a full pass
+    #                                  over all images (what the restarts cost)
+    n_images: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Composer:
+    """The plan of a shared pass for `modules` over `model` (see the module docstring).
+
+    `model`: the modules' shared `refdecomp.interpreter.Model`; `modules`: objects with
+    `masks` ({execution node: uint8 map}) and `head_input` (the node feeding the head); all
+    must read the same head input."""
+
+    def __init__(self, model, modules: Sequence):
+        from .interpreter import node_macs
+
+        self.model = model
+        self.modules = list(modules)
+        if not self.modules:
+            raise DataError("compose: no modules given")
+        heads = {m.head_input for m in self.modules}
+        if len(heads) != 1:
+            raise RefdecompError(f"compose: the modules read different head inputs {heads}")
+        self.head_input = heads.pop()
+        g = model.graph
+        if self.head_input not in g:
+            raise DataError(f"compose: head input {self.head_input!r} is not a node of the "
+                            f"model's execution graph")
+        self.names = [n.name for n in g.nodes]
+        self.position = {name: i for i, name in enumerate(self.names)}
+        ancestors = _ancestors(g, self.head_input)
+        self.masked = [self._masked_nodes(m, ancestors) for m in self.modules]
+        macs = [node_macs(g, n) for n in g.nodes]
+        self.pass_macs = int(sum(macs))
+        #: MACs of a restart whose first recomputed node is at position i
+        self.suffix_macs = np.concatenate([np.cumsum(macs[::-1])[::-1], [0]]).astype(np.int64)
+        consumers = g.consumers()
+        self.last_read = {n: max([self.position[c] for c in consumers[n]], default=-1)
+                          for n in self.names}
+        starts = sorted({mn.position for ms in self.masked for mn in ms})
+        self.seeds = {p: self._seed_names(p) for p in starts}
+        keep = {self.head_input}
+        for p, names in self.seeds.items():
+            keep.update(names)
+        self.keep = sorted(keep, key=self.position.__getitem__)
+
+    def _masked_nodes(self, module, ancestors) -> list[MaskedNode]:
+        """The module's masked nodes that can reach the head input, in execution order."""
+        from kernels.epilogue import activation_code
+
+        g = self.model.graph
+        out = []
+        for name, mask in module.masks.items():
+            if name not in g or g[name].op not in WEIGHTED_OPS:
+                raise DataError(f"compose: module mask for {name!r}: not a conv2d / dense node "
+                                f"of the model's execution graph")
+            mask = np.asarray(mask)
+            if mask.shape != g[name].shape:
+                raise DataError(f"compose: mask for {name!r} has shape {mask.shape}, expected "
+                                f"{g[name].shape}")
+            idx = np.flatnonzero(mask.reshape(-1) == 0).astype(np.int64)
+            if idx.size == 0 or name not in ancestors:
+                continue
+            # The kernels' fused epilogue stores +0.0 at a masked element; elsewhere the
+            # interpreter multiplies by the mask, which keeps a zero's sign (+-0.0 unchanged).
+            fused = self.model.engine == "numba" and \
+                activation_code(g[name].activation) is not None
+            out.append(MaskedNode(self.position[name], name, idx,
+                                  0xFFFFFFFF if fused else 0x7FFFFFFF,
+                                  np.ascontiguousarray(mask != 0, dtype=np.uint8), fused))
+        return sorted(out, key=lambda mn: mn.position)
+
+    def _seed_names(self, p: int) -> list[str]:
+        """Nodes a restart after node p reads from the model's pass: node p itself and every
+        earlier node read at or after p + 1 (or the head input when it lies before)."""
+        names = [n for n in self.names[:p + 1] if self.last_read[n] > p]
+        names.append(self.names[p])
+        if self.position[self.head_input] <= p:
+            names.append(self.head_input)
+        return list(dict.fromkeys(names))
+
+    # -- running -------------------------------------------------------------------------
+    def batches(self, x, batch_size: int = DEFAULT_BATCH,
+                progress: bool = False) -> Iterator[ComposedBatch]:
+        """`ComposedBatch`es covering the images of `x` in order (memory per batch only)."""
+        from .interpreter import _progress
+
+        xs = self.model._check_inputs(x)
+        model = self.model
+        if model._open_dims():
+            model = model._specialised([a.shape[1:] for a in xs])
+            if [n.name for n in model.graph.nodes] != self.names:
+                raise RefdecompError("compose: the specialised graph differs from the model's")
+        n = len(xs[0]) if xs else 0
+        batch_size = int(batch_size)
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        starts = range(0, n, batch_size)
+        for start in _progress(starts, progress, total=len(starts)):
+            stop = min(start + batch_size, n)
+            yield self._batch(model, [a[start:stop] for a in xs], start, stop)
+
+    def _batch(self, model, xb, start, stop) -> ComposedBatch:
+        b = stop - start
+        vals = dict(zip(self.keep, model.run(xb, max(b, 1), outputs=self.keep)))
+        base = vals[self.head_input]
+        first = np.full((b, len(self.modules)), NOT_FLAGGED, dtype=np.int64)
+        feats, macs = [], np.zeros(len(self.modules), np.int64)
+        for j, masked in enumerate(self.masked):
+            f = first[:, j].copy()
+            for mn in masked:
+                scan_masked(vals[mn.name].reshape(b, -1).view(np.uint32), mn.idx,
+                            np.uint32(mn.care), mn.position, f)
+            first[:, j] = f
+            out = base.copy()
+            by_node = {mn.position: mn for mn in masked}
+            for p in np.unique(f[f != NOT_FLAGGED]):
+                rows = np.flatnonzero(f == p)
+                out[rows] = self._restart(model, self.modules[j].masks, by_node[int(p)], vals,
+                                          rows)
+                macs[j] += int(self.suffix_macs[p + 1]) * rows.size
+            feats.append(out)
+        return ComposedBatch(start, stop, feats, first, macs)
+
+    def _restart(self, model, masks, mn: MaskedNode, vals, rows) -> np.ndarray:
+        """Head-input values of `rows` under `masks`, recomputed from after node `mn`."""
+        seed_names = self.seeds[mn.position]
+        seed = {s: vals[s][rows] for s in seed_names}
+        y = seed[mn.name]
+        seed[mn.name] = np.where(mn.mask == 0, np.float32(0.0), y) if mn.fused \
+            else (y * mn.mask).astype(np.float32, copy=False)
+        out = np.empty((rows.size, *vals[self.head_input].shape[1:]), np.float32)
+        execute = model._executor
+
+        def part(a, b):
+            env = execute(None, masks, None, None, [self.head_input], start=mn.position + 1,
+                          seed={k: v[a:b] for k, v in seed.items()})
+            out[a:b] = env[self.head_input]
+
+        with model._parallel():
+            if model.engine == "numba":
+                from kernels.threads import parallel_parts  # noqa: PLC0415
+                parallel_parts(part, 0, rows.size)
+            else:
+                part(0, rows.size)
+        return out
+
+
+def compose_features(model, modules: Sequence, x, batch_size: int = DEFAULT_BATCH,
+                     progress: bool = False) -> Composition:
+    """Per module, its features at the head input for images `x` (float32, the values
+    `model.run(x, masks=module.masks, outputs=[module.head_input])` gives), computed in one
+    shared pass plus partial recomputations; and per module the fraction of images that
+    needed a real pass and the recomputed work as a fraction of full passes."""
+    comp = Composer(model, modules)
+    parts = list(comp.batches(x, batch_size, progress))
+    n = parts[-1].stop if parts else 0
+    k = len(comp.modules)
+    shape = model.graph[comp.head_input].shape
+    feats = [np.concatenate([p.features[j] for p in parts]) if parts
+             else np.zeros((0, *shape), np.float32) for j in range(k)]
+    flagged = np.zeros(k) if not n else \
+        np.concatenate([p.flagged for p in parts]).mean(axis=0)
+    macs = sum((p.recomputed_macs for p in parts), np.zeros(k, np.int64))
+    work = macs / max(1, comp.pass_macs * n)
+    return Composition(feats, flagged, work, n)
+
+
+def _ancestors(graph, name: str) -> set[str]:
+    """`name` and every node it (transitively) reads."""
+    seen, todo = set(), [name]
+    while todo:
+        cur = todo.pop()
+        if cur not in seen:
+            seen.add(cur)
+            todo.extend(graph[cur].inputs)
+    return seen
