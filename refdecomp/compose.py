@@ -118,8 +118,11 @@ class Composer:
         self.masked = [self._masked_nodes(m, ancestors) for m in self.modules]
         macs = [node_macs(g, n) for n in g.nodes]
         self.pass_macs = int(sum(macs))
+        #: restarts run the nodes up to the head input: positions [start, stop)
+        self.stop = self.position[self.head_input] + 1
         #: MACs of a restart whose first recomputed node is at position i
-        self.suffix_macs = np.concatenate([np.cumsum(macs[::-1])[::-1], [0]]).astype(np.int64)
+        upto = np.array(macs[:self.stop] + [0] * (len(macs) - self.stop + 1), np.int64)
+        self.suffix_macs = np.cumsum(upto[::-1])[::-1]
         consumers = g.consumers()
         self.last_read = {n: max([self.position[c] for c in consumers[n]], default=-1)
                           for n in self.names}
@@ -220,7 +223,7 @@ class Composer:
 
         def part(a, b):
             env = execute(None, masks, None, None, [self.head_input], start=mn.position + 1,
-                          seed={k: v[a:b] for k, v in seed.items()})
+                          stop=self.stop, seed={k: v[a:b] for k, v in seed.items()})
             out[a:b] = env[self.head_input]
 
         with model._parallel():
@@ -261,3 +264,47 @@ def _ancestors(graph, name: str) -> set[str]:
             seen.add(cur)
             todo.extend(graph[cur].inputs)
     return seen
+
+
+@dataclass
+class ComposedMargins:
+    """What `compose_margins` returns."""
+    margins: np.ndarray           # (n, n_modules) float32, as `Module.decision_function` gives
+    flagged_fraction: np.ndarray  # (n_modules,): images whose pair needed a real pass
+    recomputed_fraction: np.ndarray  # (n_modules,): recomputed MACs / MACs of full passes
+
+
+def compose_margins(modules: Sequence, x, batch_size: int = DEFAULT_BATCH,
+                    progress: bool = False) -> ComposedMargins:
+    """Margins (concerned - unconcerned logit) of every module on images `x`, column j for
+    `modules[j]`, through one shared pass per source model (modules picked from several
+    models get one pass each). Memory: one batch of activations per model, plus the result."""
+    from . import metrics
+
+    modules = list(modules)
+    n = _n_images(x)
+    k = len(modules)
+    margins = np.zeros((n, k), np.float32)
+    flagged = np.zeros(k)
+    work = np.zeros(k)
+    groups: dict[int, list[int]] = {}
+    for j, m in enumerate(modules):
+        groups.setdefault(id(m.source_model), []).append(j)
+    for cols in groups.values():
+        comp = Composer(modules[cols[0]].source_model, [modules[j] for j in cols])
+        macs = np.zeros(len(cols), np.int64)
+        for part in comp.batches(x, batch_size, progress):
+            for i, j in enumerate(cols):
+                logits = modules[j].head_logits(part.features[i])
+                margins[part.start:part.stop, j] = metrics.margins(logits)
+            flagged[cols] += part.flagged.sum(axis=0)
+            macs += part.recomputed_macs
+        work[cols] = macs / max(1, comp.pass_macs * n)
+    return ComposedMargins(margins, flagged / max(1, n), work)
+
+
+def _n_images(x) -> int:
+    if isinstance(x, dict):
+        x = next(iter(x.values()))
+    first = x[0] if isinstance(x, (list, tuple)) else x
+    return int(np.shape(first)[0])

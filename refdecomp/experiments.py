@@ -95,10 +95,12 @@ def evaluation_report(ms, ds, *, batch_size: int = 256, progress: bool = True,
     rows = [[r["class"], names[r["class"]] if r["class"] < len(names) else "",
              _pct(r["binary_accuracy"]), _pct(r["model_binary_accuracy"]),
              _pct(r["nodes_fraction"]), _pct(r["weights_fraction"]),
-             f"{r['jaccard_values']:.3f}", f"{r['jaccard_set']:.3f}"] for r in ev["modules"]]
+             f"{r['jaccard_values']:.3f}", f"{r['jaccard_set']:.3f}",
+             _pct(r.get("needed_pass_fraction", 1.0)),
+             f"{r.get('recomputed_passes', 1.0):.2f}"] for r in ev["modules"]]
     table = markdown_table(["class", "name", "module accuracy", "model one-vs-rest",
-                            "nodes kept", "weights kept", "Jaccard (values)", "Jaccard (set)"],
-                           rows)
+                            "nodes kept", "weights kept", "Jaccard (values)", "Jaccard (set)",
+                            "images needing a pass", "recomputed (passes)"], rows)
     timing = "".join(f"- {k.replace('_', ' ')}: {v:.2f} s\n" for k, v in data.items()
                      if k.endswith("_seconds"))
     md = (f"# Decomposition of {data.get('model_file', 'the model')}\n\n"

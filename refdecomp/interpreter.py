@@ -307,14 +307,16 @@ def _make_executor(graph: Graph, engine: str):
         from .ops.lowering import add_activation_pairs, lower  # noqa: PLC0415
         kernel_ops, pairs = lower(graph), add_activation_pairs(graph)
 
-    def execute(batch, masks, recorder, groups, outputs, start=0, seed=None):
-        """`start`, `seed`: begin at node position `start` with `seed` ({node: array}) holding
-        every value read from before it (batch is then ignored); see refdecomp.compose."""
+    def execute(batch, masks, recorder, groups, outputs, start=0, seed=None, stop=None):
+        """Nodes at positions [start, stop) only. `seed` ({node: array}) holds every value read
+        from before `start` (`batch` is then ignored); see refdecomp.compose."""
         keep = set(outputs)
         env: dict[str, np.ndarray] = dict(zip(graph.inputs, batch)) if seed is None \
             else dict(seed)
         done_with_producer: set[str] = set()
         for i, node in enumerate(graph.nodes):
+            if stop is not None and i >= stop:
+                break
             if i < start or node.op == "input" or node.name in done_with_producer:
                 continue
             args = [env[s] for s in node.inputs]

@@ -190,42 +190,64 @@ class ModuleSet:
         return np.array([m.class_index for m in self.modules], dtype=np.int64)
 
     def decision_function(self, x, batch_size: int = 256, progress: bool = False, *,
-                          client=None) -> np.ndarray:
+                          client=None, shared_pass: bool = True) -> np.ndarray:
         """(n, n_modules) float32 margins (`Module.decision_function`); column j belongs to
         class `classes[j]`. Composition ranks these. With a dask `client`, partitions of `x`
-        are processed on the cluster (`refdecomp.distributed`)."""
+        are processed on the cluster (`refdecomp.distributed`).
+
+        `shared_pass` (default): one pass of the model shared by all modules, with exact
+        partial recomputation where a module's masks change something (`refdecomp.compose`);
+        the same values as running the modules one by one (`shared_pass=False`)."""
         if client is not None:
             from .distributed import compose_distributed
 
             return compose_distributed(client, self, x, batch_size=batch_size,
                                        progress=progress)[0]
+        return self._margins(x, batch_size, progress, shared_pass)[0]
+
+    def _margins(self, x, batch_size, progress, shared_pass):
+        """(margins, per-module fraction of images needing a real pass or None,
+        per-module recomputed work in full passes or None)."""
+        if not self.modules:
+            return np.zeros((_n(x), 0), np.float32), None, None
+        if shared_pass:
+            from .compose import compose_margins
+
+            res = compose_margins(self.modules, x, batch_size, progress)
+            return res.margins, res.flagged_fraction, res.recomputed_fraction
         cols = [m.decision_function(x, batch_size, progress) for m in self.modules]
-        return np.stack(cols, axis=1) if cols else np.zeros((_n(x), 0), np.float32)
+        return np.stack(cols, axis=1), None, None
 
     def predict(self, x, batch_size: int = 256, progress: bool = False, *,
-                client=None) -> np.ndarray:
+                client=None, shared_pass: bool = True) -> np.ndarray:
         """(n, n_modules) composed scores: a softmax over the modules' margins (float64).
 
         A ranking score, not a calibrated probability: rows sum to 1 and `argmax` along axis 1
         gives the composed class column exactly as `decision_function(x).argmax(1)` does
         (`refdecomp.metrics.margin_softmax`)."""
         return metrics.margin_softmax(self.decision_function(x, batch_size, progress,
-                                                             client=client))
+                                                             client=client,
+                                                             shared_pass=shared_pass))
 
-    def predict_classes(self, x, batch_size: int = 256) -> np.ndarray:
+    def predict_classes(self, x, batch_size: int = 256, *, shared_pass: bool = True) -> np.ndarray:
         """Composed prediction: the class of the module with the largest margin (ties: lowest
         column)."""
-        return metrics.composed_predict(self.decision_function(x, batch_size), self.classes)
+        return metrics.composed_predict(
+            self.decision_function(x, batch_size, shared_pass=shared_pass), self.classes)
 
     def evaluate(self, x, y, batch_size: int = 256, progress: bool = False, *,
-                 client=None) -> dict[str, Any]:
+                 client=None, shared_pass: bool = True) -> dict[str, Any]:
         """Composed top-1 / top-5 accuracy (modules ranked by margin) and, per module: binary
-        accuracy beside the model's own one-vs-rest accuracy (P_model(c) >= 0.5), size and
-        Jaccard. With a dask `client`, the images are processed as partitions on the cluster."""
+        accuracy beside the model's own one-vs-rest accuracy (P_model(c) >= 0.5), size,
+        Jaccard and, with the shared pass, `needed_pass_fraction` (the fraction of images on
+        which the module's masks changed a value, so that it needed a real, partial pass) and
+        `recomputed_passes` (the work of those recomputations in full model passes per
+        image). With a dask `client`, the images are processed as partitions on the cluster."""
         from .decompose.recording import check_labels
 
         n_classes = self.modules[0]._head.weights["kernel"].shape[1] if self.modules else 0
         y = check_labels(y, _n(x), n_classes, "evaluate")
+        flagged = work = None
         if client is not None:
             from .distributed import compose_distributed
 
@@ -233,19 +255,24 @@ class ModuleSet:
                                                        progress=progress)
         else:
             model_probs = self.model.predict(x, batch_size)
-            margins = self.decision_function(x, batch_size, progress)
-        return self.figures(margins, model_probs, y)
+            margins, flagged, work = self._margins(x, batch_size, progress, shared_pass)
+        return self.figures(margins, model_probs, y, flagged, work)
 
-    def figures(self, margins: np.ndarray, model_probs: np.ndarray,
-                y: np.ndarray) -> dict[str, Any]:
-        """What `evaluate` reports, from the margins and the model's probabilities."""
+    def figures(self, margins: np.ndarray, model_probs: np.ndarray, y: np.ndarray,
+                needed_pass=None, recomputed=None) -> dict[str, Any]:
+        """What `evaluate` reports, from the margins and the model's probabilities (and, when
+        given, the shared pass's per-module fractions: see `evaluate`)."""
         per = []
         for j, m in enumerate(self.modules):
+            cost = {} if needed_pass is None else {
+                "needed_pass_fraction": float(needed_pass[j]),
+                "recomputed_passes": float(recomputed[j])}
             per.append({"class": m.class_index, "class_name": m.class_name,
                         "binary_accuracy": metrics.binary_accuracy(margins[:, j], y,
                                                                    m.class_index),
                         "model_binary_accuracy": metrics.one_vs_rest_accuracy(
                             model_probs, y, m.class_index),
+                        **cost,
                         **m.size(), **{f"jaccard_{k}": v for k, v in m.jaccard().items()}})
         return {"top1": metrics.top_k_accuracy(margins, y, 1, self.classes),
                 "top5": metrics.top_k_accuracy(margins, y, 5, self.classes),

@@ -106,7 +106,10 @@ def head_logits(features: np.ndarray, kernel: np.ndarray, bias: np.ndarray, c: i
                 channeling: str = "mean") -> np.ndarray:
     """(n, 2) float32 logits [concerned, unconcerned] of a module's head on head-input
     `features` (n, in); `kernel`, `bias` as `head_weights` returns them."""
-    z = np.asarray(features, dtype=np.float32).reshape(len(features), -1) @ kernel + bias
+    # einsum's own loop, not BLAS: each row's sum runs in the same order however many rows
+    # there are, so logits do not depend on how images were batched (refdecomp.compose).
+    z = np.einsum("nd,dk->nk", np.asarray(features, dtype=np.float32).reshape(len(features), -1),
+                  np.asarray(kernel, dtype=np.float32)) + bias
     z = z.astype(np.float32, copy=False)
     return z if channeling == "mean" else logsumexp_channel(z, c)
 

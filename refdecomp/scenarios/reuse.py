@@ -66,9 +66,11 @@ def scenario_data(picks: Sequence[Pick], split: str = "test",
 def compose_scores(modules: Sequence[Any], x: np.ndarray, batch_size: int = 256,
                    progress: bool = False) -> np.ndarray:
     """(n, len(modules)) margins (`Module.decision_function`): the voting composition of any
-    modules ranks them."""
+    modules ranks them. One shared pass per source model (`refdecomp.compose`)."""
+    from ..compose import DEFAULT_BATCH, compose_margins
+
     x = _as_input(x)
-    return np.stack([m.decision_function(x, batch_size, progress) for m in modules], axis=1)
+    return compose_margins(modules, x, min(int(batch_size), DEFAULT_BATCH), progress).margins
 
 
 def evaluate_reuse(picks: Sequence[Pick], *, update: bool = False, update_limit: int | None = None,
@@ -133,7 +135,8 @@ def evaluate_replace(target, donor, classes: Sequence[int], x: np.ndarray, y: np
                         f"{target.classes.tolist()}, donor: {donor.classes.tolist()})")
     x = _as_input(x)
     base = compose_scores(list(target), x, batch_size, progress)
-    donor_scores = {c: donor[c].decision_function(x, batch_size, progress) for c in classes}
+    donor_cols = compose_scores([donor[c] for c in classes], x, batch_size, progress)
+    donor_scores = {c: donor_cols[:, i] for i, c in enumerate(classes)}
     cls = target.classes
     rows = []
     for c in classes:
