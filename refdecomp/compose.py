@@ -6,11 +6,13 @@ If on image x every node that module m masks already has the value its mask woul
 in the model's own pass, then by induction over the graph every activation of m on x equals
 the model's, and m's features at the head input are the model's. So, per batch:
 
-1. one pass of the model keeps the activations a restart can need (memory per batch only);
-2. per module, a small Numba scan over the flat indices of its masked nodes finds, per image,
-   the first masked node (in execution order) whose value the mask changes: a "flagged" pair;
-3. unflagged (image, module) pairs take the model's features at the head input;
-4. flagged pairs are recomputed, batched per module and start node: the masked node's value is
+1. one pass of the model, in parts of about 32 images per worker thread; as soon as a masked
+   node is computed, a small Numba scan over the flat indices each module masks there finds
+   the images on which the mask changes its value ("flagged" pairs, first such node in
+   execution order), and the values a restart from there reads are copied for those images
+   only (memory per part only);
+2. unflagged (image, module) pairs take the model's features at the head input;
+3. flagged pairs are recomputed in the same worker, per module and start node: the masked node's value is
    the model's with the mask applied, and the graph runs from the next node on, reading the
    model's activations for everything computed before it (the interpreter's own executor and
    kernels, so the values are the ones `Model.run(x, masks=module.masks)` gives).
@@ -31,9 +33,8 @@ from numba import njit
 from .errors import DataError, RefdecompError
 from .graph import WEIGHTED_OPS
 
-#: default images per batch: the activations kept for restarts take about (sum of the kept
-#: node sizes) x 4 bytes per image (1.6 MB for a CIFAR ResNet-20).
-DEFAULT_BATCH = 64
+#: default images per batch (the features of every module are held per batch)
+DEFAULT_BATCH = 256
 
 NOT_FLAGGED = np.iinfo(np.int64).max
 
@@ -128,10 +129,16 @@ class Composer:
                           for n in self.names}
         starts = sorted({mn.position for ms in self.masked for mn in ms})
         self.seeds = {p: self._seed_names(p) for p in starts}
-        keep = {self.head_input}
-        for p, names in self.seeds.items():
-            keep.update(names)
-        self.keep = sorted(keep, key=self.position.__getitem__)
+        #: (module column, masked node) per node position, for the scan during the pass
+        self.at_position: dict[int, list[tuple[int, MaskedNode]]] = {}
+        for j, masked in enumerate(self.masked):
+            for mn in masked:
+                self.at_position.setdefault(mn.position, []).append((j, mn))
+        # Seeds are read from the pass's values; an add the executor would fuse with its
+        # activation has no value of its own, so adds among the seeds are asked for.
+        seeded = {s for names in self.seeds.values() for s in names}
+        self.pass_outputs = [self.head_input] + sorted(
+            s for s in seeded if g[s].op == "add" and s != self.head_input)
 
     def _masked_nodes(self, module, ancestors) -> list[MaskedNode]:
         """The module's masked nodes that can reach the head input, in execution order."""
@@ -190,49 +197,72 @@ class Composer:
             yield self._batch(model, [a[start:stop] for a in xs], start, stop)
 
     def _batch(self, model, xb, start, stop) -> ComposedBatch:
-        b = stop - start
-        vals = dict(zip(self.keep, model.run(xb, max(b, 1), outputs=self.keep)))
-        base = vals[self.head_input]
-        first = np.full((b, len(self.modules)), NOT_FLAGGED, dtype=np.int64)
-        feats, macs = [], np.zeros(len(self.modules), np.int64)
-        for j, masked in enumerate(self.masked):
-            f = first[:, j].copy()
-            for mn in masked:
-                scan_masked(vals[mn.name].reshape(b, -1).view(np.uint32), mn.idx,
-                            np.uint32(mn.care), mn.position, f)
-            first[:, j] = f
-            out = base.copy()
-            by_node = {mn.position: mn for mn in masked}
-            for p in np.unique(f[f != NOT_FLAGGED]):
-                rows = np.flatnonzero(f == p)
-                out[rows] = self._restart(model, self.modules[j].masks, by_node[int(p)], vals,
-                                          rows)
-                macs[j] += int(self.suffix_macs[p + 1]) * rows.size
-            feats.append(out)
-        return ComposedBatch(start, stop, feats, first, macs)
+        """One batch: parts of it run on the worker threads, each through `_part`."""
+        b, k = stop - start, len(self.modules)
+        shape = model.graph[self.head_input].shape
+        feats = [np.empty((b, *shape), np.float32) for _ in range(k)]
+        first = np.full((k, b), NOT_FLAGGED, dtype=np.int64)
+        macs: list[np.ndarray] = []
 
-    def _restart(self, model, masks, mn: MaskedNode, vals, rows) -> np.ndarray:
-        """Head-input values of `rows` under `masks`, recomputed from after node `mn`."""
-        seed_names = self.seeds[mn.position]
-        seed = {s: vals[s][rows] for s in seed_names}
-        y = seed[mn.name]
-        seed[mn.name] = np.where(mn.mask == 0, np.float32(0.0), y) if mn.fused \
-            else (y * mn.mask).astype(np.float32, copy=False)
-        out = np.empty((rows.size, *vals[self.head_input].shape[1:]), np.float32)
-        execute = model._executor
-
-        def part(a, b):
-            env = execute(None, masks, None, None, [self.head_input], start=mn.position + 1,
-                          stop=self.stop, seed={k: v[a:b] for k, v in seed.items()})
-            out[a:b] = env[self.head_input]
+        def part(a, c):
+            macs.append(self._part(model, [x[a:c] for x in xb], feats, first, a, c))
 
         with model._parallel():
             if model.engine == "numba":
                 from kernels.threads import parallel_parts  # noqa: PLC0415
-                parallel_parts(part, 0, rows.size)
+                parallel_parts(part, 0, b)
             else:
-                part(0, rows.size)
-        return out
+                part(0, b)
+        return ComposedBatch(start, stop, feats, np.ascontiguousarray(first.T),
+                             sum(macs, np.zeros(k, np.int64)))
+
+    def _part(self, model, xs, feats, first, a, c) -> np.ndarray:
+        """Images [a, c) of the batch: the model's pass, scanning each masked node as soon as
+        it is computed and copying the restart seeds of the images it flags; then, per
+        module, the restarts of its flagged images. Fills feats[j][a:c] and first[:, a:c];
+        returns the MACs recomputed per module."""
+        n = c - a
+        f = first[:, a:c]
+        snapshots: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+
+        def scan(i, env):
+            here = self.at_position.get(i)
+            if here is None:
+                return
+            bits = env[self.names[i]].reshape(n, -1).view(np.uint32)
+            for j, mn in here:
+                scan_masked(bits, mn.idx, np.uint32(mn.care), i, f[j])
+            rows = np.flatnonzero((f == i).any(axis=0))
+            if rows.size:
+                snapshots[i] = (rows, {s: env[s][rows] for s in self.seeds[i]})
+
+        env = model._executor(xs, {}, None, None, self.pass_outputs, after=scan,
+                              stop=self.stop)
+        base = env[self.head_input]
+        macs = np.zeros(len(self.modules), np.int64)
+        for j, masked in enumerate(self.masked):
+            out = feats[j][a:c]
+            out[:] = base
+            by_position = {mn.position: mn for mn in masked}
+            for p in np.unique(f[j][f[j] != NOT_FLAGGED]):
+                rows = np.flatnonzero(f[j] == p)
+                out[rows] = self._restart(model, self.modules[j].masks, by_position[int(p)],
+                                          snapshots[int(p)], rows)
+                macs[j] += int(self.suffix_macs[p + 1]) * rows.size
+        return macs
+
+    def _restart(self, model, masks, mn: MaskedNode, snapshot, rows) -> np.ndarray:
+        """Head-input values of images `rows` (of the part) under `masks`, recomputed from
+        after node `mn`, the first node whose value the masks change on them."""
+        snap_rows, values = snapshot
+        at = np.searchsorted(snap_rows, rows)
+        seed = {s: v[at] for s, v in values.items()}
+        y = seed[mn.name]
+        seed[mn.name] = np.where(mn.mask == 0, np.float32(0.0), y) if mn.fused \
+            else (y * mn.mask).astype(np.float32, copy=False)
+        env = model._executor(None, masks, None, None, [self.head_input], start=mn.position + 1,
+                              stop=self.stop, seed=seed)
+        return env[self.head_input]
 
 
 def compose_features(model, modules: Sequence, x, batch_size: int = DEFAULT_BATCH,

@@ -307,9 +307,11 @@ def _make_executor(graph: Graph, engine: str):
         from .ops.lowering import add_activation_pairs, lower  # noqa: PLC0415
         kernel_ops, pairs = lower(graph), add_activation_pairs(graph)
 
-    def execute(batch, masks, recorder, groups, outputs, start=0, seed=None, stop=None):
+    def execute(batch, masks, recorder, groups, outputs, start=0, seed=None, stop=None,
+                after=None):
         """Nodes at positions [start, stop) only. `seed` ({node: array}) holds every value read
-        from before `start` (`batch` is then ignored); see refdecomp.compose."""
+        from before `start` (`batch` is then ignored); `after(position, env)` is called after
+        each node has run. See refdecomp.compose."""
         keep = set(outputs)
         env: dict[str, np.ndarray] = dict(zip(graph.inputs, batch)) if seed is None \
             else dict(seed)
@@ -335,6 +337,8 @@ def _make_executor(graph: Graph, engine: str):
             for s in set(node.inputs):
                 if last_use[s] == i and s not in keep:
                     del env[s]
+            if after is not None:
+                after(i, env)
         return env
 
     return execute
