@@ -67,10 +67,10 @@ def compose_scores(modules: Sequence[Any], x: np.ndarray, batch_size: int = 256,
                    progress: bool = False) -> np.ndarray:
     """(n, len(modules)) margins (`Module.decision_function`): the voting composition of any
     modules ranks them. One shared pass per source model (`refdecomp.compose`)."""
-    from ..compose import DEFAULT_BATCH, compose_margins
+    from ..compose import compose_margins
 
     x = _as_input(x)
-    return compose_margins(modules, x, min(int(batch_size), DEFAULT_BATCH), progress).margins
+    return compose_margins(modules, x, batch_size, progress).margins
 
 
 def evaluate_reuse(picks: Sequence[Pick], *, update: bool = False, update_limit: int | None = None,
