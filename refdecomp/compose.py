@@ -12,10 +12,11 @@ the model's, and m's features at the head input are the model's. So, per batch:
    execution order), and the values a restart from there reads are copied for those images
    only (memory per part only);
 2. unflagged (image, module) pairs take the model's features at the head input;
-3. flagged pairs are recomputed in the same worker, per module and start node: the masked node's value is
-   the model's with the mask applied, and the graph runs from the next node on, reading the
-   model's activations for everything computed before it (the interpreter's own executor and
-   kernels, so the values are the ones `Model.run(x, masks=module.masks)` gives).
+3. flagged pairs are recomputed in the same worker, per module and start node: the masked
+   node's value is the model's with the mask applied, and the graph runs from the next node
+   on, reading the model's activations for everything computed before it (the interpreter's
+   own executor and kernels, so the values are the ones `Model.run(x, masks=module.masks)`
+   gives).
 
 Non-ReLU activations (linear, leaky, tanh, ...) rarely output exactly 0, so a module that masks
 such nodes is flagged on almost every image and those pairs fall back to the recomputation.
@@ -24,7 +25,7 @@ provably changes nothing (bit for bit), so over-flagging costs time, never exact
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -56,6 +57,7 @@ def scan_masked(bits, idx, care, position, first):
 
 @dataclass
 class MaskedNode:
+    """One node a module masks, as the scan and the restarts use it."""
     position: int                 # in model.graph.nodes
     name: str
     idx: np.ndarray               # int64 flat indices (per image) where the mask is 0
@@ -66,7 +68,7 @@ class MaskedNode:
 
 @dataclass
 class ComposedBatch:
-    """One batch of `iter_features`: images [start, stop)."""
+    """One batch of `Composer.batches`: images [start, stop)."""
     start: int
     stop: int
     features: list[np.ndarray]    # per module: (stop - start, *head input shape) float32
@@ -88,7 +90,6 @@ class Composition:
     recomputed_fraction: np.ndarray  # (n_modules,): recomputed MACs / MACs of a full pass
     #                                  over all images (what the restarts cost)
     n_images: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class Composer:

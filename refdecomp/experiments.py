@@ -96,8 +96,8 @@ def evaluation_report(ms, ds, *, batch_size: int = 256, progress: bool = True,
              _pct(r["binary_accuracy"]), _pct(r["model_binary_accuracy"]),
              _pct(r["nodes_fraction"]), _pct(r["weights_fraction"]),
              f"{r['jaccard_values']:.3f}", f"{r['jaccard_set']:.3f}",
-             _pct(r.get("needed_pass_fraction", 1.0)),
-             f"{r.get('recomputed_passes', 1.0):.2f}"] for r in ev["modules"]]
+             *((_pct(r["needed_pass_fraction"]), f"{r['recomputed_passes']:.2f}")
+               if "needed_pass_fraction" in r else ("n/a", "n/a"))] for r in ev["modules"]]
     table = markdown_table(["class", "name", "module accuracy", "model one-vs-rest",
                             "nodes kept", "weights kept", "Jaccard (values)", "Jaccard (set)",
                             "images needing a pass", "recomputed (passes)"], rows)
