@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 
 from . import microkernels
-from .epilogue import epilogue
+from .epilogue import epilogue, recording_target
 from .jit import compile_vectorized
 from .microkernel_source import VARIANTS, kernel_name
 from .threads import parallel_blocks
@@ -122,7 +122,7 @@ class Conv2D:
                 for c0, nb, packed, kern in self.blocks:
                     kern(xf, x_img, x_row, wp, cin, packed, flat, cout, c0, nb, m, oh, ow,
                          kh, kw, sh, sw, dh, dw)
-                epilogue(rows, self.bias, *self.act, P, mask, msp, msc, seen, ssp, ssc,
+                epilogue(rows, self.bias, *self.act, P, mask, msp, msc, recording_target(seen), ssp, ssc,
                          groups[i0:i0 + m] if groups.shape[0] else groups)
 
         parallel_blocks(block, n)

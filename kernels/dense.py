@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .epilogue import epilogue
+from .epilogue import epilogue, recording_target
 from .threads import parallel_blocks
 
 
@@ -26,7 +26,7 @@ class Dense:
         def block(b0, b1):
             rows = slice(b0 * P, b1 * P)
             np.matmul(x2[rows], self.kernel, out=y[rows])
-            epilogue(y[rows], self.bias, *self.act, P, mask, msp, msc, seen, ssp, ssc,
+            epilogue(y[rows], self.bias, *self.act, P, mask, msp, msc, recording_target(seen), ssp, ssc,
                      groups[b0:b1] if groups.shape[0] else groups)
 
         parallel_blocks(block, n)

@@ -8,6 +8,7 @@ so channels_first layouts are addressed without copies.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 from numba import njit
@@ -122,14 +123,53 @@ def apply_activation(v, code, p0, p1, p2):
 FLAT_BLOCK = 512
 
 
+class PerThreadCounts:
+    """Activity counters of one node: (n_groups, node size) uint32, one copy per recording
+    thread, summed when read (`total`). Each thread only ever increments its own copy, so
+    counting needs no atomics and does not depend on thread timing; memory is 4 bytes per
+    node, group and recording thread, independent of the number of images."""
+
+    def __init__(self, n_groups: int, size: int):
+        self.shape = (int(n_groups), int(size))
+        self._copies: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def local(self) -> np.ndarray:
+        """This thread's counters (created at its first use)."""
+        key = threading.get_ident()
+        arr = self._copies.get(key)
+        if arr is None:
+            with self._lock:
+                arr = self._copies.setdefault(key, np.zeros(self.shape, np.uint32))
+        return arr
+
+    def total(self) -> np.ndarray:
+        """Counts summed over the threads, (n_groups, size) uint32."""
+        out = np.zeros(self.shape, np.uint32)
+        for arr in list(self._copies.values()):
+            out += arr
+        return out
+
+    def reset(self) -> None:
+        with self._lock:
+            self._copies.clear()
+
+
+def recording_target(seen):
+    """What the epilogue writes into: a bit map as it is, or this thread's counters."""
+    return seen.local() if isinstance(seen, PerThreadCounts) else seen
+
+
 @njit(nogil=True, cache=True)
 def epilogue(y, bias, code, p0, p1, p2, positions, mask, msp, msc, seen, ssp, ssc, groups):
-    """In place on y (rows, C): y = act(y + bias) * mask, and seen[group, p*ssp + c*ssc] = 1
-    where y + bias > 0. `positions` = rows per image; empty `mask` / `seen` disable them;
-    `groups[i]` is the group of the chunk's i-th image. Serial and GIL-free: callers run
-    chunks on several threads, so images of one group can update the same bit map at once. A
-    bit is therefore only ever written with 1 (never read-OR-written back, which could store
-    a stale 0 over another thread's 1), and recordings do not depend on thread timing."""
+    """In place on y (rows, C): y = act(y + bias) * mask, and, where y + bias > 0,
+    seen[group, p*ssp + c*ssc] = 1 (a uint8 bit map) or += 1 (uint32 counters of images).
+    `positions` = rows per image; empty `mask` / `seen` disable them; `groups[i]` is the group
+    of the chunk's i-th image. Serial and GIL-free: callers run chunks on several threads, so
+    images of one group can update the same bit map at once. A bit is therefore only ever
+    written with 1 (never read-OR-written back, which could store a stale 0 over another
+    thread's 1), and recordings do not depend on thread timing. Counters are per thread
+    (`PerThreadCounts`), so their increments never race."""
     C = y.shape[1]
     if (seen.shape[0] == 0 or (ssc == 1 and ssp == C)) and \
             (mask.shape[0] == 0 or (msc == 1 and msp == C)):
@@ -147,6 +187,7 @@ def _epilogue_flat(y, bias, code, p0, p1, p2, positions, mask, seen, groups):
     rows, C = y.shape
     has_mask = mask.shape[0] > 0
     has_seen = seen.shape[0] > 0
+    counting = seen.itemsize > 1                 # uint32 counters, else uint8 bits
     plain_relu = is_plain_relu(code, p0, p1, p2)
     T = C * max(1, FLAT_BLOCK // C)
     bt = np.empty(T, np.float32)                 # bias tiled over a block
@@ -164,9 +205,13 @@ def _epilogue_flat(y, bias, code, p0, p1, p2, positions, mask, seen, groups):
                 v[k] += bt[k]
             if has_seen:
                 sv = s[e0:e0 + n]
-                for k in range(n):
-                    if v[k] > np.float32(0.0):    # only ever store 1: see epilogue()
-                        sv[k] = 1
+                if counting:
+                    for k in range(n):
+                        sv[k] += v[k] > np.float32(0.0)
+                else:
+                    for k in range(n):
+                        if v[k] > np.float32(0.0):    # only ever store 1: see epilogue()
+                            sv[k] = 1
             if plain_relu:
                 for k in range(n):
                     v[k] = max(v[k], np.float32(0.0))
@@ -186,15 +231,19 @@ def _epilogue_rows(y, bias, code, p0, p1, p2, positions, mask, msp, msc, seen, s
     rows, C = y.shape
     has_mask = mask.shape[0] > 0
     has_seen = seen.shape[0] > 0
+    counting = seen.itemsize > 1
     plain_relu = is_plain_relu(code, p0, p1, p2)
     for r in range(rows):
         p = r % positions
         if has_seen:
             g = groups[r // positions]
             base = p * ssp
-            for c in range(C):     # only ever store 1: see epilogue()
+            for c in range(C):     # bits: only ever store 1, see epilogue()
                 if y[r, c] + bias[c] > 0:
-                    seen[g, base + c * ssc] = 1
+                    if counting:
+                        seen[g, base + c * ssc] += 1
+                    else:
+                        seen[g, base + c * ssc] = 1
         if plain_relu:
             for c in range(C):
                 y[r, c] = max(y[r, c] + bias[c], np.float32(0.0))

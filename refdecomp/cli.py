@@ -163,7 +163,9 @@ def cmd_decompose(args: argparse.Namespace) -> int:
                        delta_scale=args.delta_scale, channeling=args.channeling,
                        seed=args.seed, batch_size=args.batch_size,
                        progress=not args.no_progress, class_names=list(ds.class_names),
-                       data=describe(ds, "train"), client=client)
+                       data=describe(ds, "train"), client=client,
+                       activity_threshold=args.activity_threshold,
+                       granularity=args.granularity, max_per_class=args.max_per_class)
     seconds = time.perf_counter() - t0
     ms.save(args.out)
     data = {"model": args.model, "modules": args.out, "classes": len(ms),
@@ -283,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("decompose", cmd_decompose, "decompose a model into one module per class")
     _add_model(p); _add_data(p); _add_common(p); decomposition_options(p); _add_cluster(p)
+    p.add_argument("--activity-threshold", type=float, default=0.0, metavar="T",
+                   help="keep a node (or channel) only when active on at least this fraction "
+                        "of the images a module observes; 0 (default) is the paper's rule")
+    p.add_argument("--granularity", choices=["node", "channel"], default="node",
+                   help="keep or remove single nodes (default) or whole filters / units")
+    p.add_argument("--max-per-class", type=int, default=None, metavar="E",
+                   help="each module observes at most E seeded images of its own class")
     p.add_argument("--out", required=True, help="module set file to write (.h5)")
 
     p = add("evaluate", cmd_evaluate, "compose modules and report accuracy, size and Jaccard")

@@ -22,28 +22,72 @@ ENGINES = ("numba", "reference")
 
 
 class Recorder:
-    """Per-group "value > 0 was seen" bit maps for every conv2d / dense output node.
+    """Per-group records of "value > 0" for conv2d / dense output nodes, written in the pass.
 
-    `seen[name]` is a uint8 array of shape (n_groups, *node.shape); `Model.run` sets
-    `seen[name][g, *pos] = 1` when an image of group g gives that node a value > 0 before its
-    activation (after a folded batch norm).
+    Bits (default): `seen[name]` is a uint8 array of shape (n_groups, *node.shape); `Model.run`
+    sets `seen[name][g, *pos] = 1` when an image of group g gives that node a value > 0 before
+    its activation (after a folded batch norm).
+
+    Counts (`counts=True`): `counts[name]` (same shape, uint32) is the number of images of
+    group g that gave the node a value > 0; `seen` is then `counts > 0`. Each recording thread
+    increments its own counters (4 bytes per node and group), summed when `counts` is read.
     """
 
-    def __init__(self, graph: "Graph | Model", n_groups: int, nodes: Iterable[str] | None = None):
+    def __init__(self, graph: "Graph | Model", n_groups: int, nodes: Iterable[str] | None = None,
+                 *, counts: bool = False):
+        from kernels.epilogue import PerThreadCounts  # noqa: PLC0415
+
         graph = graph.graph if isinstance(graph, Model) else graph
         if int(n_groups) < 1:
             raise DataError(f"Recorder: n_groups must be >= 1, got {n_groups}")
         self.n_groups = int(n_groups)
+        self.counting = bool(counts)
         names = [n.name for n in graph.nodes_of(WEIGHTED_OPS)] if nodes is None else list(nodes)
-        self.seen: dict[str, np.ndarray] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
         for name in names:
             if name not in graph or graph[name].op not in WEIGHTED_OPS:
                 raise DataError(f"Recorder: {name!r} is not a conv2d / dense node of the graph")
-            self.seen[name] = np.zeros((self.n_groups, *graph[name].shape), dtype=np.uint8)
+            self.shapes[name] = tuple(graph[name].shape)
+        self._targets: dict = {
+            name: (PerThreadCounts(self.n_groups, int(np.prod(shape))) if self.counting
+                   else np.zeros((self.n_groups, *shape), dtype=np.uint8))
+            for name, shape in self.shapes.items()}
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self.shapes)
+
+    def target(self, name: str):
+        """What the kernels of node `name` record into (None when it is not recorded)."""
+        return self._targets.get(name)
+
+    @property
+    def counts(self) -> dict[str, np.ndarray]:
+        """{node: (n_groups, *shape) uint32 image counts}; only for a counting recorder."""
+        if not self.counting:
+            raise RefdecompError("Recorder: counts are recorded only with Recorder(..., "
+                                 "counts=True)")
+        return {name: t.total().reshape(self.n_groups, *self.shapes[name])
+                for name, t in self._targets.items()}
+
+    @property
+    def seen(self) -> dict[str, np.ndarray]:
+        """{node: (n_groups, *shape) uint8 bit map}: 1 where some image had a value > 0."""
+        if not self.counting:
+            return self._targets
+        return {name: (c > 0).astype(np.uint8) for name, c in self.counts.items()}
+
+    def state_bytes_per_group(self, threads: int = 1) -> int:
+        """Bytes the recording state takes per group (per recording thread for counts)."""
+        per_node = 4 * threads if self.counting else 1
+        return per_node * sum(int(np.prod(s)) for s in self.shapes.values())
 
     def reset(self) -> None:
-        for a in self.seen.values():
-            a.fill(0)
+        for t in self._targets.values():
+            if self.counting:
+                t.reset()
+            else:
+                t.fill(0)
 
 
 class Model:
@@ -243,7 +287,7 @@ class Model:
         if n and (groups.min() < 0 or groups.max() >= recorder.n_groups):
             raise DataError(f"groups must lie in [0, {recorder.n_groups}), got "
                             f"[{groups.min()}, {groups.max()}]")
-        for name in recorder.seen:
+        for name in recorder.nodes:
             if name not in self.graph or self.graph[name].op not in WEIGHTED_OPS:
                 raise DataError(f"recorder: {name!r} is not a conv2d / dense node of this "
                                 f"model's execution graph")
@@ -322,7 +366,7 @@ def _make_executor(graph: Graph, engine: str):
             if i < start or node.op == "input" or node.name in done_with_producer:
                 continue
             args = [env[s] for s in node.inputs]
-            seen = None if recorder is None else recorder.seen.get(node.name)
+            seen = None if recorder is None else recorder.target(node.name)
             mask = masks.get(node.name)
             if node.name in pairs and node.name not in keep:
                 act_name, fused = pairs[node.name]
@@ -349,8 +393,14 @@ def _reference_weighted(node: Node, x: np.ndarray, mask, seen, groups) -> np.nda
     pre = ref.LINEAR_PART[node.op](node, x)
     if seen is not None:
         positive = pre > 0
+        counts = None
+        if not isinstance(seen, np.ndarray):          # per-thread counters
+            counts = seen.local().reshape(seen.shape[0], *pre.shape[1:])
         for g in np.unique(groups):
-            seen[g] |= positive[groups == g].any(axis=0)
+            if counts is None:
+                seen[g] |= positive[groups == g].any(axis=0)
+            else:
+                counts[g] += positive[groups == g].sum(axis=0, dtype=np.uint32)
     y = ref.activate(pre, node.activation, ref.describe_layer(node.name, node.keras_class))
     if mask is not None:
         y = y * mask

@@ -68,6 +68,7 @@ class Module:
                 f"(expected ({self._head.weights['kernel'].shape[0]}, {width}) / ({width},))")
         self._graph: Graph | None = None
         self._model = None
+        self._compact = None
 
     def __repr__(self) -> str:
         name = f" {self.class_name!r}" if self.class_name else ""
@@ -101,7 +102,11 @@ class Module:
         return self._model
 
     def features(self, x, batch_size: int = 256, progress: bool = False) -> np.ndarray:
-        """(n, ...) float32 values of the head's input (`head_input`) with this module's masks."""
+        """(n, ...) float32 values of the head's input (`head_input`) with this module's masks.
+        Computed by the compact module when it is smaller than the model (the same values,
+        to float32 rounding), so composition and reuse run the compact modules."""
+        if self.runs_compact():
+            return self.compact().features(x, batch_size, progress)
         return self.source_model.run(x, batch_size, masks=self.masks,
                                      outputs=[self.head_input], progress=progress)[0]
 
@@ -127,9 +132,30 @@ class Module:
         """(n, 2) probabilities [concerned, unconcerned] for images `x` (softmax of `logits`)."""
         return metrics.softmax_rows(self.logits(x, batch_size, progress))
 
+    def compact(self):
+        """A `refdecomp.compact.CompactModule`: this module with the filters / units it removed
+        entirely physically dropped (and the next layers' input channels sliced); its
+        `predict` equals this module's."""
+        if self._compact is None or self._compact[0] is not self.masks:  # masks reassigned
+            from .compact import compact_module
+
+            self._compact = (self.masks, compact_module(self))
+        return self._compact[1]
+
+    def runs_compact(self) -> bool:
+        """Whether `features` (and so `predict`, `decision_function`, composition) runs the
+        compact module: it drops some multiply-accumulates."""
+        from .compact import graph_macs
+
+        return self.compact().macs() < graph_macs(self.graph)
+
     def size(self) -> dict[str, float]:
-        """Nodes and weights kept (see `refdecomp.metrics` for the definitions)."""
-        return metrics.module_size(self.graph, self.masks, frozenset({self.head_name}))
+        """Nodes and weights kept (see `refdecomp.metrics` for the definitions), and the
+        compact module's `flops_fraction` and `params_fraction` of the model."""
+        from .compact import compact_fractions
+
+        return {**metrics.module_size(self.graph, self.masks, frozenset({self.head_name})),
+                **compact_fractions(self, self.compact())}
 
     def jaccard(self) -> dict[str, float]:
         """Jaccard index with the source model: "values" (the prior work's value-based formula)

@@ -6,7 +6,9 @@ file with refdecomp, checks both compute the same function, then times, in the s
 
 * Keras `model.predict(x, batch_size)`;
 * refdecomp `Model.predict(x, batch_size)`;
-* refdecomp `Model.run` with a `Recorder` (n_classes * 2 groups, random group ids).
+* refdecomp `Model.run` with a `Recorder` (n_classes * 2 groups, random group ids), recording
+  bits and recording counts (`Recorder(..., counts=True)`); the counting overhead is printed as
+  a ratio to bit recording measured in the same run.
 
 Usage: python tools/bench_forward.py [--images 2048] [--batch-size 256] [--repeats 3]
                                      [--threads N]
@@ -91,14 +93,18 @@ def bench(batch_norm: bool, n_images: int, batch_size: int, repeats: int, seed: 
     def ref_record():
         model.run(x, batch_size, recorder=Recorder(model, 20), groups=groups)
 
-    for fn in (keras_predict, ref_predict, ref_record):
+    def ref_count():
+        model.run(x, batch_size, recorder=Recorder(model, 20, counts=True), groups=groups)
+
+    fns = [keras_predict, ref_predict, ref_record, ref_count]
+    for fn in fns:
         fn()                                    # warm-up: JIT compile, TF graph tracing
-    t_keras, t_pred, t_rec = _best_interleaved([keras_predict, ref_predict, ref_record],
-                                               repeats)
+    t_keras, t_pred, t_rec, t_count = _best_interleaved(fns, repeats)
     macs = model.macs()
     return dict(variant="with batch norm" if batch_norm else "no batch norm (paper)",
                 macs=macs, max_abs_diff=diff, argmax_agree=agree, feature_rel_diff=feat_rel,
-                keras=n_images / t_keras, predict=n_images / t_pred, record=n_images / t_rec)
+                keras=n_images / t_keras, predict=n_images / t_pred, record=n_images / t_rec,
+                count=n_images / t_count)
 
 
 def main(argv=None) -> int:
@@ -128,9 +134,11 @@ def main(argv=None) -> int:
               f"max |diff| {r['max_abs_diff']:.2e}, argmax agreement {r['argmax_agree']:.3f}, "
               f"features max rel. diff {r['feature_rel_diff']:.2e}")
         for key, label in (("keras", "Keras/TF predict"), ("predict", "refdecomp predict"),
-                           ("record", "refdecomp predict + recording (20 groups)")):
+                           ("record", "refdecomp predict + recording (20 groups)"),
+                           ("count", "refdecomp predict + counting (20 groups)")):
             print(f"  {label:44s} {r[key]:8.1f} images/s  {r[key] * gf:6.1f} GFLOP/s  "
                   f"{r[key] / r['keras']:.2f}x TF")
+        print(f"  counting costs {r['record'] / r['count'] - 1:+.1%} time over bit recording")
     return 0
 
 

@@ -11,6 +11,9 @@
            replaced by the donor's module of that class (e.g. ResNet-32 <- ResNet-20)
   table5   inter-dataset replace: in dataset 1's composition, class c's module is replaced by
            class d's module of dataset 2; the new 10-class problem is evaluated (MA, TMA)
+  tradeoff small modules: activity thresholds x granularity (node / channel) x max_per_class,
+           all built from ONE recording pass; composed top-1 cost against the MACs the compact
+           modules keep (JSON, Markdown, plot), and the speed of a compact module
 
 Every run writes reports/<name>.json and .md (with the command that produced them) and, where
 training from scratch is compared (TMA), the time, energy and CO2e of reuse versus training,
@@ -20,6 +23,8 @@ Examples (digits/MNIST run in minutes on a CPU; CIFAR needs the trained weights/
   python tools/reproduce.py table1 --model weights/digits_cnn.h5 --data digits
   python tools/reproduce.py table2 --modules out/mnist.h5 --data mnist --classes 0,1,2,3 \
       --tma-arch small_cnn --tma-epochs 3
+  python tools/reproduce.py tradeoff --model weights/cifar10_resnet20.h5 --data cifar10 \
+      --train-limit 10000 --test-limit 2000
 """
 from __future__ import annotations
 
@@ -200,14 +205,90 @@ def table5(args) -> tuple[dict, str]:
     return {"rows": rows}, md
 
 
+def _floats(text: str, argument: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise RefdecompError(f"argument {argument} {text!r}: expected numbers separated by "
+                             f"commas, e.g. 0,0.1,0.2") from None
+
+
+def tradeoff(args) -> tuple[dict, str]:
+    """Small modules: every setting from one observation (see refdecomp/tradeoff.py)."""
+    import time
+
+    from refdecomp import observe
+    from refdecomp.experiments import as_input
+    from refdecomp.tradeoff import (STRETCH_MACS, TARGET_COST_PP, TARGET_MACS, chosen_setting,
+                                    sweep, time_compact, tradeoff_markdown, tradeoff_report)
+
+    thresholds = _floats(args.thresholds, "--thresholds")
+    granularities = [g for g in args.granularities.split(",") if g]
+    caps = [None] + [int(v) for v in _floats(args.max_per_class, "--max-per-class")] \
+        if args.max_per_class else [None]
+    model = load_model(args.model)
+    ds = load_dataset(args.data, data_dir=args.data_dir)
+    x_tr, y_tr = ds.x_train[:args.train_limit], ds.y_train[:args.train_limit]
+    x_te, y_te = ds.x_test[:args.test_limit], ds.y_test[:args.test_limit]
+    t0 = time.perf_counter()
+    obs = observe(model, as_input(x_tr), y_tr, seed=args.seed, progress=not args.no_progress,
+                  max_per_class=caps)
+    record_s = time.perf_counter() - t0
+    result = sweep(model, obs, as_input(x_te), y_te, thresholds=thresholds,
+                   granularities=granularities, caps=caps, backtrack=args.backtrack,
+                   delta=args.delta, class_names=list(ds.class_names), progress=True)
+    result.update({"model_file": args.model, "data": args.data,
+                   "observed_images": int(len(x_tr)), "test_images": int(len(x_te)),
+                   "record_seconds": record_s, "state_bytes_per_group":
+                       obs.state_bytes_per_group(), "n_groups": obs.plan.n_groups,
+                   "backtrack": args.backtrack})
+    best = chosen_setting(result["rows"])
+    lines = [f"Observation: the first {len(x_tr)} training images, one recording pass with "
+             f"counts ({obs.plan.n_groups} groups, {obs.state_bytes_per_group():,} bytes of "
+             f"counters per group and recording thread, {record_s:.0f} s); evaluation: the "
+             f"first {len(x_te)} test images; backtrack={args.backtrack}.", ""]
+    if best is None:
+        lines.append(f"No setting costs <= {TARGET_COST_PP} pp top-1.")
+    else:
+        mods = best["modules"]
+        lines.append(f"Smallest setting within {TARGET_COST_PP} pp: {best['granularity']} "
+                     f"t={best['activity_threshold']:g} (max/class "
+                     f"{best['max_per_class'] or 'all'}): cost {best['cost_top1_pp']:.2f} pp, "
+                     f"MACs kept {100 * best['mean_flops_fraction']:.1f}% (target "
+                     f"<= {100 * TARGET_MACS:.0f}%, stretch <= {100 * STRETCH_MACS:.0f}%): "
+                     + ("target met" if best["mean_flops_fraction"] <= TARGET_MACS
+                        else "target NOT met") + ".")
+        # speed of the compact module of the largest kept fraction vs its full module
+        from refdecomp import build_modules
+        ms = build_modules(model, obs, backtrack=args.backtrack, delta=args.delta,
+                           activity_threshold=best["activity_threshold"],
+                           granularity=best["granularity"], max_per_class=best["max_per_class"])
+        c = int(np.argmax([m["flops_fraction"] for m in mods]))
+        speed = time_compact(ms[c], as_input(x_te[:args.time_images]))
+        best_summary = {k: v for k, v in best.items() if k != "modules"}
+        result["chosen"] = {**best_summary, "timed_module": c, "speed": speed}
+        lines.append(f"Speed (module {c}, the largest of that setting, {args.time_images} "
+                     f"images, best of 3 in the same run): full module "
+                     f"{speed['full_images_per_s']:.0f} images/s, compact module "
+                     f"{speed['compact_images_per_s']:.0f} images/s ({speed['speedup']:.2f}x).")
+    result["notes"] = "\n".join(lines)
+    name = args.name or f"tradeoff-{Path(args.model).stem}"
+    title = f"Small modules: {args.model} on {args.data}"
+    paths = tradeoff_report(args.out, name, result, title)
+    md = tradeoff_markdown(result, title) + "\n" + result["notes"] + "\n"
+    print(f"plot: {paths.get('plot', '(matplotlib missing)')}", file=sys.stderr)
+    return None, md
+
+
 #: Arguments each table needs.
 REQUIRED = {"table1": ("model", "data"), "table2": ("modules", "data", "classes"),
             "table3": ("modules", "data", "classes", "modules2", "data2", "classes2"),
             "table4": ("modules", "modules2", "data"),
-            "table5": ("modules", "data", "modules2", "data2", "pairs")}
+            "table5": ("modules", "data", "modules2", "data2", "pairs"),
+            "tradeoff": ("model", "data")}
 
 TABLES = {"table1": table1, "table2": table2, "table3": table3, "table4": table4,
-          "table5": table5}
+          "table5": table5, "tradeoff": tradeoff}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,6 +310,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tma-epochs", type=int, default=0, help="0: no training from scratch")
     p.add_argument("--tma-extra", nargs=argparse.REMAINDER, default=[],
                    help="further tools/train.py options (last)")
+    p.add_argument("--thresholds", default="0,0.01,0.02,0.05,0.1,0.15,0.2,0.3,0.4,0.5",
+                   help="tradeoff: activity thresholds")
+    p.add_argument("--granularities", default="node,channel", help="tradeoff: granularities")
+    p.add_argument("--max-per-class", default="",
+                   help="tradeoff: caps E on the observed images of the own class, besides all")
+    p.add_argument("--backtrack", default="last_conv", choices=["none", "last_conv", "input"],
+                   help="tradeoff: backtracking setting")
+    p.add_argument("--train-limit", type=int, help="tradeoff: observe the first N train images")
+    p.add_argument("--test-limit", type=int, help="tradeoff: evaluate the first N test images")
+    p.add_argument("--time-images", type=int, default=1000,
+                   help="tradeoff: images for the compact-module speed measurement")
     p.add_argument("--name", help="report name (default: the table)")
     p.add_argument("--out", default="reports", help="report folder")
     p.add_argument("--no-progress", action="store_true")
@@ -242,9 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     except RefdecompError as exc:
         print(f"reproduce {args.table}: error: {exc}", file=sys.stderr)
         return 2
-    paths = write_report(args.out, args.name or args.table, data, md)
     print(md)
-    print(f"written: {paths['json']} {paths['markdown']}", file=sys.stderr)
+    if data is not None:          # tradeoff writes its own reports (JSON, Markdown, plot)
+        paths = write_report(args.out, args.name or args.table, data, md)
+        print(f"written: {paths['json']} {paths['markdown']}", file=sys.stderr)
     return 0
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from kernels.add import add as add_kernel
 from kernels.conv import Conv2D
 from kernels.dense import Dense
-from kernels.epilogue import activation_code
+from kernels.epilogue import PerThreadCounts, activation_code
 from kernels.pool import pool2d
 
 from ..graph import Graph, Node
@@ -38,11 +38,19 @@ def _weighted(node: Node, kernel, positions: int, channels: int, channels_first:
     def run(x, mask, seen, groups):
         fused_mask = mask is not None and code is not None
         y = kernel(x, mask.reshape(-1) if fused_mask else NO_MASK, sp, sc,
-                   NO_SEEN if seen is None else seen.reshape(seen.shape[0], -1), sp, sc,
+                   _flat_seen(seen), sp, sc,
                    NO_GROUPS if groups is None else groups)
         return y, (None if code is not None else node.activation), \
             (mask if mask is not None and not fused_mask else None), where
     return run
+
+
+def _flat_seen(seen):
+    """Recording target as the kernels address it: (n_groups, node size) bits, or counters
+    (already flat, resolved per thread inside the kernels)."""
+    if seen is None:
+        return NO_SEEN
+    return seen if isinstance(seen, PerThreadCounts) else seen.reshape(seen.shape[0], -1)
 
 
 def _finish(y, act, mask, where):
