@@ -15,6 +15,11 @@ import numpy as np
 from .graph import WEIGHTED_OPS, Graph
 
 
+#: Compact convolutions keep a multiple of this many filters (zero ones where needed): the
+#: micro-kernels compute 8-32 channels per call, so 8 keeps them on their wide variants.
+CHANNEL_QUANTUM = 8
+
+
 class CompactModule:
     """An executable compact module: `model` (a refdecomp Model of the sliced graph) and the
     position-level `masks` still needed on it; `predict` equals the module's `predict`."""
@@ -77,10 +82,10 @@ def compact_module(module) -> CompactModule:
     """The compact form of `module` (see the module docstring)."""
     from .export import _removable_channels, compact_graph
 
-    graph, masks = compact_graph(module.graph, module.masks)
+    graph, masks = compact_graph(module.graph, module.masks, CHANNEL_QUANTUM)
     name = module.head_input
     shape = tuple(module.graph[name].shape)
-    removed = _removable_channels(module.graph, module.masks).get(name)
+    removed = _removable_channels(module.graph, module.masks, CHANNEL_QUANTUM).get(name)
     keep = np.ones(shape, bool)
     if removed is not None and removed[1].any():
         axis, gone = removed

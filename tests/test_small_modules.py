@@ -323,3 +323,20 @@ def test_tradeoff_sweep_rows_are_the_module_sets_evaluations(tmp_path):
     paths = tradeoff_report(tmp_path, "t", res, "test")
     assert paths["json"].exists() and paths["markdown"].exists()
     assert "paper" in paths["markdown"].read_text()
+
+
+@pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
+def test_compact_quantum_keeps_multiples_of_eight_filters_exactly(fmt):
+    from test_export import random_masks, small_net
+    from refdecomp.export import compact_graph
+    g = Model(small_net(3, fmt)).graph
+    rng = np.random.default_rng(7)
+    masks = random_masks(g, rng, p_dead_channel=0.6)
+    small, small_masks = compact_graph(g, masks, quantum=8)
+    for node in g.nodes_of(("conv2d",)):
+        axis = 0 if fmt == "channels_first" else -1
+        kept, full = small[node.name].shape[axis], node.shape[axis]
+        assert kept == full or kept % 8 == 0, node.name
+    x = rng.normal(size=(5, *g.input_shapes()[0])).astype(np.float32)
+    np.testing.assert_allclose(Model(small).run(x, masks=small_masks)[0],
+                               Model(g).run(x, masks=masks)[0], rtol=1e-5, atol=1e-6)
