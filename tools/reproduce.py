@@ -213,6 +213,15 @@ def _floats(text: str, argument: str) -> list[float]:
                              f"commas, e.g. 0,0.1,0.2") from None
 
 
+def _seeded_subset(x, y, limit: int | None, seed: int):
+    """`limit` images drawn without replacement by `np.random.default_rng(seed)`, kept in file
+    order (a plain prefix would be one or two classes on class-sorted files); all if None."""
+    if limit is None or limit >= len(x):
+        return x, y
+    idx = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
+    return x[idx], y[idx]
+
+
 def tradeoff(args) -> tuple[dict, str]:
     """Small modules: every setting from one observation (see refdecomp/tradeoff.py)."""
     import time
@@ -228,8 +237,8 @@ def tradeoff(args) -> tuple[dict, str]:
         if args.max_per_class else [None]
     model = load_model(args.model)
     ds = load_dataset(args.data, data_dir=args.data_dir)
-    x_tr, y_tr = ds.x_train[:args.train_limit], ds.y_train[:args.train_limit]
-    x_te, y_te = ds.x_test[:args.test_limit], ds.y_test[:args.test_limit]
+    x_tr, y_tr = _seeded_subset(ds.x_train, ds.y_train, args.train_limit, args.seed)
+    x_te, y_te = _seeded_subset(ds.x_test, ds.y_test, args.test_limit, args.seed + 1)
     t0 = time.perf_counter()
     obs = observe(model, as_input(x_tr), y_tr, seed=args.seed, progress=not args.no_progress,
                   max_per_class=caps)
@@ -243,10 +252,13 @@ def tradeoff(args) -> tuple[dict, str]:
                        obs.state_bytes_per_group(), "n_groups": obs.plan.n_groups,
                    "backtrack": args.backtrack})
     best = chosen_setting(result["rows"])
-    lines = [f"Observation: the first {len(x_tr)} training images, one recording pass with "
+    lines = [f"Observation: {len(x_tr)} training images (seeded random subset when "
+             f"--train-limit is given; class counts {np.bincount(y_tr).tolist()}), one "
+             f"recording pass with "
              f"counts ({obs.plan.n_groups} groups, {obs.state_bytes_per_group():,} bytes of "
-             f"counters per group and recording thread, {record_s:.0f} s); evaluation: the "
-             f"first {len(x_te)} test images; backtrack={args.backtrack}.", ""]
+             f"counters per group and recording thread, {record_s:.0f} s); evaluation: "
+             f"{len(x_te)} test images (seeded random subset when --test-limit is given); "
+             f"backtrack={args.backtrack}.", ""]
     if best is None:
         lines.append(f"No setting costs <= {TARGET_COST_PP} pp top-1.")
     else:
@@ -317,8 +329,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="tradeoff: caps E on the observed images of the own class, besides all")
     p.add_argument("--backtrack", default="last_conv", choices=["none", "last_conv", "input"],
                    help="tradeoff: backtracking setting")
-    p.add_argument("--train-limit", type=int, help="tradeoff: observe the first N train images")
-    p.add_argument("--test-limit", type=int, help="tradeoff: evaluate the first N test images")
+    p.add_argument("--train-limit", type=int,
+                   help="tradeoff: observe N train images (seeded random subset)")
+    p.add_argument("--test-limit", type=int,
+                   help="tradeoff: evaluate N test images (seeded random subset)")
     p.add_argument("--time-images", type=int, default=1000,
                    help="tradeoff: images for the compact-module speed measurement")
     p.add_argument("--name", help="report name (default: the table)")
