@@ -76,20 +76,17 @@ def numba_target() -> tuple[str, str]:
 
 
 def choose(cpu_name: str, features: str) -> str:
-    """The variant for a target: by its features, or by its name where none are given (LLVM
-    then takes the CPU's own defaults)."""
-    enabled = {f[1:] for f in features.split(",") if f.startswith("+")}
-    disabled = {f[1:] for f in features.split(",") if f.startswith("-")}
-    if enabled:
-        if "avx512f" in enabled:
-            return "avx512"
-        return "avx2" if {"avx2", "fma"} <= enabled else "portable"
+    """The variant for a target. As in LLVM, the feature string modifies the CPU's own
+    defaults (Numba's host string lists every feature, so it alone decides there)."""
     name = cpu_name.lower()
-    if name in _AVX512_CPUS and "avx512f" not in disabled:
+    have = {"avx512f", "avx2", "fma"} if name in _AVX512_CPUS else \
+        {"avx2", "fma"} if name in _AVX2_CPUS else set()
+    for flag in features.split(","):
+        if flag[1:] and flag[0] in "+-":
+            (have.add if flag[0] == "+" else have.discard)(flag[1:])
+    if {"avx512f", "avx2", "fma"} <= have:
         return "avx512"
-    if (name in _AVX2_CPUS or name in _AVX512_CPUS) and not {"avx2", "fma"} & disabled:
-        return "avx2"
-    return "portable"
+    return "avx2" if {"avx2", "fma"} <= have else "portable"
 
 
 def describe() -> str:

@@ -307,6 +307,7 @@ def test_generated_microkernels_are_current(variant):
     ("haswell", "+avx,+avx2,+fma,-avx512f", "avx2"), ("znver3", "", "avx2"),
     ("skylake-avx512", "", "avx512"), ("skylake-avx512", "-avx512f", "avx2"),
     ("sandybridge", "+avx,+sse2", "portable"), ("generic", "", "portable"),
+    ("skylake-avx512", "+avx2", "avx512"), ("haswell", "-fma", "portable"),
     ("neoverse-n1", "+neon,+fp-armv8", "portable"), ("apple-m1", "", "portable")])
 def test_variant_follows_numba_target(cpu, features, variant):
     assert isa.choose(cpu, features) == variant
