@@ -1,19 +1,20 @@
 """2-D convolution (NHWC, float32) as a register-blocked direct convolution: no im2col copy
 and no BLAS. Per chunk of images the input is copied once, zero-padded and laid out (row,
-channel, column) so that a block of adjacent output pixels reads adjacent floats; the generated micro-kernels of kernels/microkernels.py compute the linear output
-block by block of channels, and the fused epilogue adds bias, records, activates and masks
+channel, column) so that a block of adjacent output pixels reads adjacent floats; the generated micro-kernels of kernels/microkernels_<isa>.py (the variant
+`kernels.isa` chose for Numba's target CPU) compute the linear output block by block of channels, and the fused epilogue adds bias, records, activates and masks
 while the chunk is still in cache."""
 from __future__ import annotations
 
+import importlib
 import threading
 
 import numpy as np
 from numba import njit
 
-from . import microkernels
 from .epilogue import epilogue, recording_target
+from .isa import ISA
 from .jit import compile_vectorized
-from .microkernel_source import VARIANTS, kernel_name
+from .microkernel_source import TILES, kernel_name
 from .threads import parallel_blocks
 from .windows import geometry
 
@@ -22,15 +23,19 @@ from .windows import geometry
 #: also keep the per-chunk Python glue (which holds the GIL) from serialising the threads.
 CHUNK_FLOATS = 1 << 18
 
+#: the generated kernels of the chosen instruction set
+microkernels = importlib.import_module(f"{__package__}.microkernels_{ISA}")
+
 SIGNATURE = ("void(float32[::1], int64, int64, int64, int64, float32[::1], float32[::1], "
              + ", ".join(["int64"] * 12) + ")")
 
 
-def channel_blocks(cout: int) -> list[tuple[int, int, int]]:
+def channel_blocks(cout: int, isa: str = ISA) -> list[tuple[int, int, int]]:
     """Split output channels into (first channel, channels per block, number of blocks),
-    widest micro-kernel first: 64 -> [(0, 32, 2)], 10 -> [(0, 8, 1), (8, 1, 2)]."""
+    widest micro-kernel first; with the AVX-512 tiles 64 -> [(0, 32, 2)],
+    10 -> [(0, 8, 1), (8, 1, 2)]."""
     blocks, c0 = [], 0
-    for cb, _ in VARIANTS:
+    for cb, _ in TILES[isa]:
         nb = (cout - c0) // cb
         if nb:
             blocks.append((c0, cb, nb))

@@ -1,7 +1,7 @@
 """Compiling the generated micro-kernels with LLVM's SLP vectorizer switched on.
 
 Numba leaves SLP vectorisation off by default (it miscompiled some code in the past), but the
-micro-kernels in kernels/microkernels.py are fast only with it. It is switched on just while
+micro-kernels in kernels/microkernels_<isa>.py are fast only with it. It is switched on just while
 these kernels compile (or load from Numba's cache), under a lock, and each is then sealed
 against recompilation so that no unvectorised specialisation can appear silently. Their
 results are checked against the NumPy reference ops by the test suite.

@@ -438,6 +438,12 @@ def _keras_layers(graph: Graph, masks: Mapping[str, np.ndarray]):
     return layers, inputs, outputs
 
 
+#: Keras layers whose channels_first form TensorFlow runs only through oneDNN's NCHW kernels
+#: (its default CPU kernels take NHWC only, e.g. on AVX2 CPUs): exported in channels_last
+#: between two transposes.
+_NHWC_ONLY = frozenset({"Conv2D", "MaxPooling2D", "AveragePooling2D"})
+
+
 def _node_layers(node: Node, own_name: str, inbound: list[str], graph: Graph, namer: _Namer,
                  layers: list[_Layer]) -> str:
     """Append the Keras layer(s) of one node; return the name of the layer giving its value."""
@@ -445,9 +451,23 @@ def _node_layers(node: Node, own_name: str, inbound: list[str], graph: Graph, na
     op = node.op
 
     def add(class_name: str, config: dict, weights=()) -> str:
+        if config.get("data_format") == "channels_first" and class_name in _NHWC_ONLY:
+            return _channels_last_between_transposes(class_name, config, weights)
         lay = _Layer(own_name, class_name, config, inbound, list(weights))
         layers.append(lay)
         return lay.name
+
+    def _channels_last_between_transposes(class_name: str, config: dict, weights) -> str:
+        """The layer in channels_last between Permute layers (NCHW -> NHWC -> NCHW): the same
+        function, and one that TensorFlow runs on every CPU."""
+        to_last = _Layer(namer(f"{node.name}_to_channels_last"), "Permute", {"dims": [2, 3, 1]},
+                         inbound)
+        lay = _Layer(own_name, class_name, {**config, "data_format": "channels_last"},
+                     [to_last.name], list(weights))
+        back = _Layer(namer(f"{node.name}_to_channels_first"), "Permute", {"dims": [3, 1, 2]},
+                      [lay.name])
+        layers.extend((to_last, lay, back))
+        return back.name
 
     if op == "input":
         return add("InputLayer", {"batch_input_shape": [None, *node.shape],

@@ -1,8 +1,11 @@
 """Numba kernels against the NumPy reference ops and brute-force loops (hypothesis on shapes)."""
 from __future__ import annotations
 
+import os
 import platform
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,9 +15,9 @@ from hypothesis import strategies as st
 from interp_graphs import brute_conv, brute_pool, conv_node, dense_node, single
 from numba import njit
 
-from kernels import microkernel_source, microkernels
+from kernels import isa, microkernel_source
 from kernels.add import add as add_kernel
-from kernels.conv import SIGNATURE, channel_blocks
+from kernels.conv import SIGNATURE, channel_blocks, microkernels
 from kernels.jit import compile_vectorized
 from kernels.epilogue import activation_code, apply_activation
 from kernels.pool import pool2d
@@ -26,8 +29,8 @@ FAST = settings(max_examples=25)
 
 conv_cases = st.fixed_dictionaries({
     "n": st.integers(1, 3), "h": st.integers(1, 9), "w": st.integers(1, 20),
-    # up to 70 output channels: every micro-kernel width (32, 16, 8, 4, 1) and their mixes;
-    # up to 20 columns: full pixel blocks plus row-end remainders
+    # up to 70 output channels: every micro-kernel width of every variant (32, 16, 8, 4, 1) and
+    # their mixes; up to 20 columns: full pixel blocks (3, 4, 8, 16) plus row-end remainders
     "cin": st.integers(1, 4), "cout": st.one_of(st.integers(1, 5), st.integers(6, 70)),
     "kernel": st.tuples(st.integers(1, 3), st.integers(1, 3)),
     "strides": st.tuples(st.integers(1, 3), st.integers(1, 3)),
@@ -280,25 +283,91 @@ def test_epilogue_flat_and_strided_layouts_agree_with_numpy(n, positions, channe
     np.testing.assert_array_equal(outs[0][1], outs[1][1])
 
 
-@pytest.mark.parametrize("cout, blocks", [
-    (64, [(0, 32, 2)]), (16, [(0, 16, 1)]), (10, [(0, 8, 1), (8, 1, 2)]),
-    (63, [(0, 32, 1), (32, 16, 1), (48, 8, 1), (56, 4, 1), (60, 1, 3)]), (3, [(0, 1, 3)])])
-def test_channel_blocks_cover_every_channel_once(cout, blocks):
-    assert channel_blocks(cout) == blocks
+@pytest.mark.parametrize("variant, cout, blocks", [
+    ("avx512", 64, [(0, 32, 2)]), ("avx512", 16, [(0, 16, 1)]),
+    ("avx512", 10, [(0, 8, 1), (8, 1, 2)]),
+    ("avx512", 63, [(0, 32, 1), (32, 16, 1), (48, 8, 1), (56, 4, 1), (60, 1, 3)]),
+    ("avx512", 3, [(0, 1, 3)]), ("avx2", 64, [(0, 32, 2)]),
+    ("avx2", 62, [(0, 32, 1), (32, 16, 1), (48, 8, 1), (56, 4, 1), (60, 1, 2)]),
+    ("portable", 21, [(0, 8, 2), (16, 4, 1), (20, 1, 1)])])
+def test_channel_blocks_cover_every_channel_once(variant, cout, blocks):
+    assert channel_blocks(cout, variant) == blocks
 
 
-def test_generated_microkernels_are_current():
-    """kernels/microkernels.py is exactly what its generator writes (regenerate with
+@pytest.mark.parametrize("variant", sorted(microkernel_source.TILES))
+def test_generated_microkernels_are_current(variant):
+    """kernels/microkernels_<isa>.py is exactly what its generator writes (regenerate with
     `python -m kernels.microkernel_source`)."""
-    assert microkernel_source.TARGET.read_text() == microkernel_source.render()
+    assert microkernel_source.target(variant).read_text() == microkernel_source.render(variant)
+
+
+@pytest.mark.parametrize("cpu, features, variant", [
+    ("znver4", "+avx2,+avx512f,+fma,+sse2", "avx512"),
+    ("haswell", "+avx2,+avx512f,+fma", "avx512"),       # the name alone does not drop AVX-512
+    ("haswell", "+avx,+avx2,+fma,-avx512f", "avx2"), ("znver3", "", "avx2"),
+    ("skylake-avx512", "", "avx512"), ("skylake-avx512", "-avx512f", "avx2"),
+    ("sandybridge", "+avx,+sse2", "portable"), ("generic", "", "portable"),
+    ("skylake-avx512", "+avx2", "avx512"), ("haswell", "-fma", "portable"),
+    ("neoverse-n1", "+neon,+fp-armv8", "portable"), ("apple-m1", "", "portable")])
+def test_variant_follows_numba_target(cpu, features, variant):
+    assert isa.choose(cpu, features) == variant
+
+
+def test_chosen_variant_is_the_one_loaded():
+    """The kernels in use are the chosen variant's module, itself chosen from Numba's
+    target (so Numba's cache, keyed by file and target CPU, never serves another's code)."""
+    assert isa.ISA == isa.choose(*isa.numba_target())
+    assert microkernels.__name__ == f"kernels.microkernels_{isa.ISA}"
+    assert f"variant: {isa.ISA}" in isa.describe()
+
+
+#: vector registers each variant's packed multiply-adds must use, and must not
+_REGISTERS = {"avx512": ("zmm", None), "avx2": ("ymm", "zmm"), "portable": ("xmm", "zmm")}
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="checks x86 assembly")
 def test_microkernels_are_vectorised():
-    """The SLP vectorizer packed the accumulators into packed (ps) multiply-adds; without it
-    the kernel is scalar (ss) code and about 20x slower."""
-    # a fresh, uncached copy of conv_cb8 (cached code cannot be inspected)
+    """The SLP vectorizer packed the accumulators of the widest tile into packed (ps)
+    multiply-adds on the variant's registers; without it the kernel is scalar (ss) code and
+    about 20x slower, and with registers wider than the target has it would not run."""
+    cb, _ = microkernel_source.TILES[isa.ISA][0]
+    # a fresh, uncached copy (cached code cannot be inspected)
     fresh = njit(nogil=True, fastmath={"contract"}, error_model="numpy")(
-        microkernels.conv_cb8_sw1.py_func)
+        getattr(microkernels, f"conv_cb{cb}_sw1").py_func)
     asm = "".join(compile_vectorized(fresh, SIGNATURE).inspect_asm().values())
-    assert re.search(r"\b(vfmadd\d+ps|v?mulps)\s", asm), "no packed multiply in conv_cb8"
+    want, never = _REGISTERS[isa.ISA]
+    assert re.search(rf"\b(vfmadd\d+ps|v?mulps)\s[^\n]*%{want}", asm), \
+        f"no packed multiply on {want} registers in conv_cb{cb} ({isa.ISA})"
+    if never:
+        assert f"%{never}" not in asm, f"{never} registers in the {isa.ISA} variant"
+
+
+#: the tests that check the kernels of one variant against the reference ops
+_PER_VARIANT_TESTS = ("test_conv_kernel_matches_reference_and_brute_force",
+                      "test_conv_recording_matches_brute_force", "test_conv_masks_match_reference",
+                      "test_chosen_variant_is_the_one_loaded", "test_microkernels_are_vectorised")
+
+#: Numba settings selecting each variant on a CPU that can run it
+_VARIANT_ENV = {"avx2": isa.ENVIRONMENTS["avx2"], "portable": {"NUMBA_CPU_NAME": "generic"}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", sorted(_VARIANT_ENV))
+def test_kernels_of_other_variants(variant):
+    """The kernel-vs-reference properties and the assembly check, rerun in a process whose
+    Numba targets another variant's CPU (the first run compiles that variant: minutes)."""
+    if isa.ISA == variant:
+        pytest.skip(f"this process already runs the {variant} variant")
+    import llvmlite.binding as ll
+    from numba.core.codegen import get_host_cpu_features
+    host = isa.choose(ll.get_host_cpu_name(), get_host_cpu_features())
+    if variant == "avx2" and host != "avx512":
+        pytest.skip(f"the avx2 variant is checked here only from an AVX-512 host ({host})")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU_")}
+    env.update(_VARIANT_ENV[variant])
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+         "-k", " or ".join(_PER_VARIANT_TESTS)],
+        env=env, capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and "failed" not in run.stdout

@@ -10,13 +10,21 @@ file with refdecomp, checks both compute the same function, then times, in the s
   bits and recording counts (`Recorder(..., counts=True)`); the counting overhead is printed as
   a ratio to bit recording measured in the same run.
 
+With `--isa avx2 avx512 native` each instruction set runs in its own subprocess, with Numba
+and TensorFlow's oneDNN held to it (`kernels.isa.ENVIRONMENTS`), on all cores and (unless
+`--no-single-thread`) on one, and one table prints the ratios to TensorFlow per ISA, with the
+fraction of the FMA peak refdecomp's predict reaches. The peak is nominal: clock x FMA pipes x
+2 flops x float32 lanes of the ISA x threads (`fma_peak_gflops_per_thread`).
+
 Usage: python tools/bench_forward.py [--images 2048] [--batch-size 256] [--repeats 3]
-                                     [--threads N]
+                                     [--threads N] [--isa avx2 avx512 native]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -107,6 +115,104 @@ def bench(batch_norm: bool, n_images: int, batch_size: int, repeats: int, seed: 
                 count=n_images / t_count)
 
 
+def fma_peak_gflops_per_thread(isa: str) -> tuple[float, str]:
+    """Nominal single-thread float32 FMA peak of this CPU for `isa`, with how it was derived:
+    clock (/proc/cpuinfo) x 2 FMA pipes x 2 flops x lanes; AMD Zen 4 (family 25) runs a
+    512-bit FMA on both of its 256-bit pipes, so AVX-512 doubles lanes but not throughput."""
+    from kernels.isa import ISAS
+
+    mhz, family, vendor = 0.0, "", ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "cpu MHz":
+                mhz = max(mhz, float(value))
+            elif key == "cpu family" and not family:
+                family = value
+            elif key == "vendor_id" and not vendor:
+                vendor = value
+    except OSError:
+        return float("nan"), "clock unknown"
+    lanes = ISAS[isa].vector_floats
+    pipes = 2
+    if isa == "avx512" and vendor == "AuthenticAMD" and family == "25":
+        pipes = 1
+    return mhz / 1e3 * pipes * 2 * lanes, f"{mhz / 1e3:.2f} GHz x {pipes} x 2 x {lanes}"
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        # read when TensorFlow starts (it is imported below, in build_keras) and per call
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
+        os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+        os.environ["REFDECOMP_THREADS"] = str(threads)
+
+
+def child(args) -> int:
+    """One ISA and thread count, in this process: results as one JSON line."""
+    from kernels.isa import ISA, TARGET
+
+    _set_threads(args.threads)
+    if args.isa[0] != "native" and ISA != args.isa[0]:
+        print(json.dumps({"error": f"Numba targets {TARGET[0]} here, which gives the {ISA} "
+                                   f"variant, not {args.isa[0]}"}))
+        return 0
+    variants = {"plain": [False], "bn": [True], "both": [False, True]}[args.variant]
+    rows = [bench(bn, args.images, args.batch_size, args.repeats, args.seed) for bn in variants]
+    peak, how = fma_peak_gflops_per_thread(ISA)
+    print(json.dumps({"isa": ISA, "cpu": TARGET[0], "peak_1t": peak, "peak_how": how,
+                      "threads": args.threads or len(os.sched_getaffinity(0)), "rows": rows}))
+    return 0
+
+
+def across_isas(args) -> int:
+    """Every ISA in `args.isa`, each in a subprocess, all cores and one; one table."""
+    from kernels.isa import ENVIRONMENTS
+
+    print(f"ResNet-20 v1, CIFAR-10 shape, {args.images} images, batch {args.batch_size}, "
+          f"best of {args.repeats}, {os.cpu_count()} CPU cores; each ISA in its own process")
+    runs = [(isa, args.threads) for isa in args.isa]
+    if not args.no_single_thread:
+        runs += [(isa, 1) for isa in args.isa]
+    table = []
+    for isa, threads in runs:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "ONEDNN_MAX_CPU_ISA")}
+        env.update(ENVIRONMENTS[isa])
+        cmd = [sys.executable, __file__, "--child", "--isa", isa, "--images", str(args.images),
+               "--batch-size", str(args.batch_size), "--repeats", str(args.repeats),
+               "--seed", str(args.seed), "--variant", args.variant]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        print(f"  running --isa {isa} with {threads or 'all'} thread(s) ...", flush=True)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+        if out.returncode or not lines:
+            print(f"  --isa {isa} failed:\n{out.stderr[-3000:]}")
+            continue
+        res = json.loads(lines[-1])
+        if "error" in res:
+            print(f"  --isa {isa}: skipped: {res['error']}")
+            continue
+        table.append((isa, res))
+    print(f"\n{'ISA':8s} {'Numba CPU':15s} {'thr':>3s}  {'variant':22s} {'TF img/s':>9s} "
+          f"{'predict':>8s} {'record':>8s}  {'FMA peak':>8s} {'predict':>8s}")
+    for isa, res in table:
+        peak = res["peak_1t"] * res["threads"]
+        for r in res["rows"]:
+            gf = 2 * r["macs"] / 1e9
+            print(f"{isa:8s} {res['cpu']:15s} {res['threads']:3d}  {r['variant']:22s} "
+                  f"{r['keras']:9.1f} {r['predict'] / r['keras']:7.2f}x "
+                  f"{r['record'] / r['keras']:7.2f}x  {peak:6.0f}GF {r['predict'] * gf / peak:7.0%}")
+        print(f"{'':8s} FMA peak per thread {res['peak_how']} GFLOP/s; outputs vs Keras: max feature rel. diff "
+              f"{max(r['feature_rel_diff'] for r in res['rows']):.1e}, argmax agreement "
+              f"{min(r['argmax_agree'] for r in res['rows']):.3f}")
+    print("\npredict, record: refdecomp images/s over TensorFlow's in the same process; FMA "
+          "peak: nominal, per thread x threads; last column: the share of it refdecomp's "
+          "predict reaches")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=2048)
@@ -117,12 +223,18 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int,
                     help="threads for both engines (TF intra-op pool and REFDECOMP_THREADS); "
                          "default: each engine's own choice (all cores)")
+    ap.add_argument("--isa", nargs="+", choices=("avx2", "avx512", "native"),
+                    help="run each in its own process with Numba (and oneDNN) held to it and "
+                         "print one table of ratios per ISA")
+    ap.add_argument("--no-single-thread", action="store_true",
+                    help="with --isa: skip the single-thread runs")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.threads:
-        # read when TensorFlow starts (it is imported below, in build_keras) and per call
-        os.environ["TF_NUM_INTRAOP_THREADS"] = str(args.threads)
-        os.environ["TF_NUM_INTEROP_THREADS"] = "1"
-        os.environ["REFDECOMP_THREADS"] = str(args.threads)
+    if args.child:
+        return child(args)
+    if args.isa:
+        return across_isas(args)
+    _set_threads(args.threads)
     variants = {"plain": [False], "bn": [True], "both": [False, True]}[args.variant]
     print(f"ResNet-20 v1, CIFAR-10 shape, {args.images} images, batch {args.batch_size}, "
           f"best of {args.repeats}, {os.cpu_count()} CPU cores, "

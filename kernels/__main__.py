@@ -1,0 +1,4 @@
+"""`python -m kernels`: the CPU Numba compiles for and the micro-kernel variant chosen for it."""
+from .isa import describe
+
+print(describe())
