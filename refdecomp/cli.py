@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import cli_options as opts
 from .errors import InternalError, RefdecompError
 from .experiments import as_input as _x
 from .report import markdown_table, print_json
@@ -26,18 +27,14 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--architecture", help="JSON config or full model file, for weights-only files")
 
 
-def _add_data(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--data", required=required,
-                   help="dataset name (digits, mnist, fashion_mnist, cifar10, cifar100) or a path "
-                        "(.npz, image-folder tree or .tar/.tar.gz of one, CIFAR/IDX files)")
-    p.add_argument("--data-dir", help="folder holding dataset files (default: $REFDECOMP_DATA)")
-    p.add_argument("--limit", type=int, default=None,
-                   help="use only the first N images of each split (deterministic subset)")
+def _add_data(p: argparse.ArgumentParser, required: bool = True, recorded: bool = False) -> None:
+    opts.add_data_options(p, required=required)
+    opts.add_preprocessing_options(p, recorded=recorded)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -74,11 +71,8 @@ class _Cluster:
 
 
 def _load_data(args: argparse.Namespace):
-    from .datasets import load_dataset
-
-    from .experiments import limit_dataset
-
-    return limit_dataset(load_dataset(args.data, data_dir=args.data_dir), args.limit)
+    """(dataset as the options limit it, fitted preprocessing or None)."""
+    return opts.load_data(args)
 
 
 def _load_model(args: argparse.Namespace):
@@ -112,15 +106,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     model = _load_model(args)
-    ds = _load_data(args)
+    ds, pre = _load_data(args)
     x, y = ds.split(args.split)
     t0 = time.perf_counter()
-    probs = model.predict(_x(x), batch_size=args.batch_size, progress=not args.no_progress)
+    probs = model.predict(_x(x, pre), batch_size=args.batch_size, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
     from .experiments import describe
     from .metrics import top_k_accuracy
 
     data = {"model": args.model, "data": describe(ds, args.split), "images": int(len(x)),
+            "preprocessing": pre.to_dict() if pre is not None else None,
             "seconds": seconds, "images_per_second": len(x) / seconds,
             "top1": top_k_accuracy(probs, y, 1), "top5": top_k_accuracy(probs, y, 5)}
     if args.out:
@@ -155,22 +150,21 @@ def cmd_decompose(args: argparse.Namespace) -> int:
     from .experiments import describe
 
     model = _load_model(args)
-    ds = _load_data(args)
+    ds, pre = _load_data(args)
     t0 = time.perf_counter()
     with _Cluster(args) as client:
-        ms = decompose(args.model if client is not None else model, _x(ds.x_train), ds.y_train,
-                       backtrack=args.backtrack, delta=args.delta,
-                       delta_scale=args.delta_scale, channeling=args.channeling,
-                       seed=args.seed, batch_size=args.batch_size,
-                       progress=not args.no_progress, class_names=list(ds.class_names),
-                       data=describe(ds, "train"), client=client,
-                       activity_threshold=args.activity_threshold,
+        ms = decompose(args.model if client is not None else model, _x(ds.x_train, pre),
+                       ds.y_train, **opts.decomposition_kwargs(args),
+                       batch_size=args.batch_size, progress=not args.no_progress,
+                       class_names=list(ds.class_names), data=describe(ds, "train"),
+                       client=client, activity_threshold=args.activity_threshold,
                        granularity=args.granularity, max_per_class=args.max_per_class)
     seconds = time.perf_counter() - t0
+    ms.preprocessing = pre
     ms.save(args.out)
     data = {"model": args.model, "modules": args.out, "classes": len(ms),
-            "backtrack": args.backtrack, "seconds": seconds,
-            "size": [m.size() for m in ms]}
+            "options": ms.options, "preprocessing": pre.to_dict() if pre is not None else None,
+            "seconds": seconds, "size": [m.size() for m in ms]}
     _emit(args, data, f"wrote {len(ms)} modules to {args.out} in {seconds:.1f} s")
     return 0
 
@@ -180,7 +174,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .experiments import evaluation_report
 
     ms = load_modules(args.modules, model=args.model)
-    ds = _load_data(args)
+    ds, given = _load_data(args)
+    ms.preprocessing = opts.module_preprocessing(ms.preprocessing, given, args.modules)
     with _Cluster(args) as client:
         result = evaluation_report(ms, ds, batch_size=args.batch_size,
                                    progress=not args.no_progress, out_dir=args.report_dir,
@@ -215,11 +210,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .experiments import run_decomposition_experiment
 
     model_path = args.model or str(DEFAULT_DEMO_MODEL)
+    kw = opts.decomposition_kwargs(args)
     result = run_decomposition_experiment(
         model_path, args.data, data_dir=args.data_dir, limit=args.limit,
-        backtrack=args.backtrack, delta=args.delta, seed=args.seed, out_dir=args.out,
-        batch_size=args.batch_size, progress=not args.no_progress,
-        delta_scale=args.delta_scale, channeling=args.channeling)
+        limit_seed=args.limit_seed, backtrack=kw.pop("backtrack"), delta=kw.pop("delta"),
+        seed=kw.pop("seed"), preprocessing=opts.preprocessing_from_args(args),
+        out_dir=args.out, batch_size=args.batch_size, progress=not args.no_progress, **kw)
     _emit(args, result["data"], result["markdown"])
     return 0
 
@@ -244,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+        p = sub.add_parser(name, help=help, description=help, formatter_class=opts.HelpFormatter)
         p.set_defaults(func=fn)
         return p
 
@@ -253,28 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("predict", cmd_predict, "predict a dataset split and report top-1 / top-5")
     _add_model(p); _add_data(p); _add_common(p)
-    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--split", default="test", choices=["train", "test"], help="split to predict")
     p.add_argument("--out", help="write probabilities and labels to this .npz")
 
     p = add("audit", cmd_audit, "compare every layer's output with Keras (when installed) or with "
                                 "the NumPy reference interpreter")
     _add_model(p); _add_common(p)
-    p.add_argument("--against", choices=["auto", "keras", "reference"], default="auto")
+    p.add_argument("--against", choices=["auto", "keras", "reference"], default="auto",
+                   help="auto: Keras when installed, else the NumPy reference interpreter")
     p.add_argument("--images", type=int, default=4, help="random inputs to compare on")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
 
-    def decomposition_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--backtrack", choices=["none", "last_conv", "input"], default="last_conv")
-        p.add_argument("--delta", type=float, default=0.5,
-                       help="MC-BLN's head-input removal threshold (default: 0.5)")
-        p.add_argument("--delta-scale", choices=["relative", "absolute"], default="relative",
-                       help="relative: threshold = delta x max|W| of the head kernel; "
-                            "absolute: delta itself, as in the paper (default: relative)")
-        p.add_argument("--channeling", choices=["mean", "logsumexp"], default="mean",
-                       help="unconcerned output: mean of the other logits (the paper) or their "
-                            "log-sum-exp (a module's P(concerned) = the model's P(class); "
-                            "default: mean)")
-        p.add_argument("--seed", type=int, default=0)
+    decomposition_options = opts.add_decomposition_options
 
     p = add("audit-modules", cmd_audit_modules, "audit module files made by any tool (Keras "
             "files of the model's architecture) against the model's forward pass on a dataset")
@@ -297,27 +283,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("evaluate", cmd_evaluate, "compose modules and report accuracy, size and Jaccard")
     p.add_argument("modules", help="module set file written by `refdecomp decompose`")
     p.add_argument("--model", help="source model file, if the module file does not embed it")
-    _add_data(p); _add_common(p); _add_cluster(p)
+    _add_data(p, recorded=True); _add_common(p); _add_cluster(p)
     p.add_argument("--report-dir", help="write JSON, Markdown and plots here")
 
     p = add("export", cmd_export, "write one module as a Keras file")
-    p.add_argument("modules"); p.add_argument("--model")
-    p.add_argument("--class", dest="cls", type=int, required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("modules", help="module set file")
+    p.add_argument("--model", help="source model file, if the module file does not embed it")
+    p.add_argument("--class", dest="cls", type=int, required=True, help="class of the module")
+    p.add_argument("--out", required=True, help="Keras file to write (.h5 or .keras)")
     p.add_argument("--compact", action="store_true", help="also drop removed filters and units")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
     p = add("demo", cmd_demo, "the main job: decompose a model, compose its modules, report "
                               "(default: the shipped digits CNN on scikit-learn's digits, offline)")
     p.add_argument("--model", help=f"model file (default: {DEFAULT_DEMO_MODEL.name})")
-    p.add_argument("--data", default="digits")
-    p.add_argument("--data-dir"); p.add_argument("--limit", type=int)
+    _add_data(p, required=False)
+    p.set_defaults(data="digits")
     p.add_argument("--out", default="out/demo", help="folder for modules and reports")
     _add_common(p); decomposition_options(p)
 
     from .scenarios.commands import add_scenario_parsers
 
-    add_scenario_parsers(sub, cmd_scenario, _add_common)
+    add_scenario_parsers(sub, cmd_scenario, _add_common, opts)
     return parser
 
 

@@ -13,14 +13,17 @@ Sources understood:
   folder names, labels their rank in sorted order;
 * ``.npz`` files with ``x_train``, ``y_train``, ``x_test``, ``y_test`` and optionally
   ``class_names`` (read with ``allow_pickle=False``);
+* Tiny ImageNet-200 in its published layout, as the folder or ``tiny-imagenet-200.zip``
+  (`refdecomp.tiny_imagenet`);
 * scikit-learn's bundled ``digits`` (8x8 grey, values 0..16, scaled to 0..255 by
   ``round(v * 255 / 16)``; no canonical split exists: the first 1437 images (80 %) are the
   training split, the last 360 the test split).
 
-Named datasets (``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist``, ``digits``) are looked
-up in ``data_dir``, then ``$REFDECOMP_DATA``, then the known local copies (``../shared/data``
-beside the project, ``/work/shared/data``), then in the download folder of the cache, and
-finally downloaded from the canonical address and checked against its published md5.
+Named datasets (``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist``, ``tiny_imagenet``,
+``digits``) are looked up in ``data_dir``, then ``$REFDECOMP_DATA``, then in the download
+folder of the cache, and finally downloaded from the canonical address and checked against its
+published md5. No other place is searched: a copy elsewhere is named by ``data_dir`` or
+``$REFDECOMP_DATA``.
 Decoded arrays are cached as ``.npz`` under ``$REFDECOMP_CACHE`` (default
 ``~/.cache/refdecomp``), keyed by the source file's path, size and modification time.
 """
@@ -43,6 +46,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from . import limits
+from . import tiny_imagenet as _tiny
 from .errors import DataError, LimitError, RefdecompError
 from .fileio import atomic_path, file_digest, regular_file
 
@@ -608,6 +612,9 @@ def load_path(path: str | os.PathLike, name: str | None = None, *, cache: bool =
     label = name or _stem(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
+    if _tiny.is_tiny_imagenet(path):
+        return _cached(_tiny.cache_source(path), label,
+                       lambda: _tiny.load_tiny_imagenet(path, label), cache)
     if path.is_dir():
         if _find_idx(path, "train-images") is not None:
             return _cached(path / _find_idx(path, "train-images").name, label,
@@ -627,8 +634,9 @@ def load_path(path: str | os.PathLike, name: str | None = None, *, cache: bool =
             return _cached(path, label, lambda: load_cifar_python(path, label), cache)
         return _cached(path, label, lambda: load_image_folder(path, label), cache)
     raise DataError(
-        f"{path}: unknown dataset format (expected .npz, a tar archive, or a folder of MNIST "
-        "IDX files / CIFAR batches / train/<class>/<image> images)"
+        f"{path}: unknown dataset format (expected .npz, a tar archive, a Tiny ImageNet folder "
+        "or .zip, or a folder of MNIST IDX files / CIFAR batches / train/<class>/<image> "
+        "images)"
     )
 
 
@@ -688,21 +696,25 @@ _SOURCES: dict[str, _Source] = {
         "fashion-mnist",
         FASHION_MNIST_CLASSES,
     ),
+    "tiny_imagenet": _Source(
+        ("tiny-imagenet-200", "tiny-imagenet-200.zip", "tiny_imagenet.npz"),
+        ((_tiny.URL, _tiny.MD5),),
+        "tiny-imagenet-200.zip",
+    ),
 }
 
 DATASET_NAMES = (*_SOURCES, "digits")
 
 
 def search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Folders searched for named datasets, in order."""
+    """Folders searched for named datasets, in order: `data_dir`, ``$REFDECOMP_DATA``, the
+    cache's download folder."""
     dirs = []
     if data_dir is not None:
         dirs.append(Path(data_dir).expanduser())
     if os.environ.get("REFDECOMP_DATA"):
         dirs.append(Path(os.environ["REFDECOMP_DATA"]).expanduser())
-    project = Path(__file__).resolve().parent.parent
-    dirs += [project.parent / "shared" / "data", Path("/work/shared/data"),
-             cache_dir() / "downloads"]
+    dirs.append(cache_dir() / "downloads")
     unique: list[Path] = []
     for d in dirs:
         if d not in unique:
@@ -765,7 +777,7 @@ def load_dataset(name_or_path: str | os.PathLike, *, data_dir: str | os.PathLike
             p = d / cand
             if p.exists():
                 return load_path(p, name=key, cache=cache, class_names=src.class_names)
-    where = ", ".join(str(d) for d in dirs[:-1])
+    where = ", ".join(str(d) for d in dirs)
     wanted = " or ".join(src.candidates[:2])
     if not download:
         raise DataError(

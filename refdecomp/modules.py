@@ -57,6 +57,9 @@ class Module:
         self.active = ({k: np.asarray(v, dtype=np.uint8) for k, v in active.items()}
                        if active is not None else dict(self.masks))
         self.info = dict(info or {})
+        # What turns raw images into this module's input (`refdecomp.preprocessing`); set by
+        # the module set it belongs to. `predict` takes model input, as the model does.
+        self.preprocessing = None
         self._head, self._tail = find_head(model.graph)
         width = 2 if channeling == "mean" else self._head.weights["kernel"].shape[1]
         if self.head_kernel.shape != (self._head.weights["kernel"].shape[0], width) or \
@@ -173,14 +176,15 @@ class Module:
 
     def save(self, path) -> Path:
         """Write a module file holding this module alone."""
-        return ModuleSet([self], self.source_model).save(path)
+        return ModuleSet([self], self.source_model, preprocessing=self.preprocessing).save(path)
 
 
 class ModuleSet:
     """Modules over one shared model, indexed by class: `ms[c]` is the module of class c."""
 
     def __init__(self, modules: Sequence[Module], model, *, options: dict | None = None,
-                 data: dict | None = None, class_names: list[str] | None = None):
+                 data: dict | None = None, class_names: list[str] | None = None,
+                 preprocessing=None):
         self.modules = list(modules)
         self.model = model
         self.options = dict(options or {})
@@ -189,6 +193,20 @@ class ModuleSet:
         self._by_class = {m.class_index: m for m in self.modules}
         if len(self._by_class) != len(self.modules):
             raise RefdecompError("ModuleSet: two modules of the same class")
+        self.preprocessing = preprocessing
+
+    @property
+    def preprocessing(self):
+        """The `refdecomp.preprocessing.Preprocessing` the modules' inputs were made with
+        (None: raw pixel values as float32). Saved in the module file; setting it sets it on
+        every module."""
+        return self._preprocessing
+
+    @preprocessing.setter
+    def preprocessing(self, value) -> None:
+        self._preprocessing = value
+        for m in self.modules:
+            m.preprocessing = value
 
     def __getitem__(self, c: int) -> Module:
         import operator
@@ -337,6 +355,12 @@ class ModuleSet:
                 a["options"] = json.dumps(self.options, default=str)
                 a["data"] = json.dumps(self.data, default=str)
                 a["class_names"] = json.dumps(self.class_names)
+                if self.preprocessing is not None:
+                    spec, stats = self.preprocessing.state()
+                    a["preprocessing"] = json.dumps(spec)
+                    for name, values in stats.items():
+                        f.create_dataset(f"preprocessing/{name}", data=values,
+                                         fletcher32=True)
                 for i, m in enumerate(self.modules):
                     grp = f.create_group(f"modules/{i}")
                     grp.attrs["class_index"] = m.class_index
@@ -512,7 +536,40 @@ def _read_module_file(f, path: Path, label: str, model) -> ModuleSet:
                                     all(isinstance(n, str) for n in class_names))):
         raise ModuleFileError(f"{label}: options / data / class_names attributes have the "
                               f"wrong type")
-    return ModuleSet(modules, model, options=options, data=data, class_names=class_names)
+    return ModuleSet(modules, model, options=options, data=data, class_names=class_names,
+                     preprocessing=_read_preprocessing(f, label))
+
+
+def _read_preprocessing(f, label: str):
+    """The `Preprocessing` a module file records (attribute "preprocessing", a JSON object of
+    options, and the fitted statistics as datasets under "preprocessing/"), or None for files
+    that record none (those written before preprocessing existed are read as raw pixels)."""
+    import h5py
+
+    from .preprocessing import Preprocessing
+
+    if "preprocessing" not in f.attrs:
+        return None
+    spec = _attr(f, "preprocessing", label, dict)
+    where = f"{label}, preprocessing"
+    stats = {}
+    group = f.get("preprocessing")
+    if group is not None:
+        if not isinstance(group, h5py.Group) or not set(group) <= {"subtract", "divide"}:
+            raise ModuleFileError(f"{where}: unexpected members; the file is damaged")
+        for key, d in group.items():
+            # a mean image (H, W, C) or per-channel values (C,): small, finite reals
+            if not isinstance(d, h5py.Dataset) or d.ndim not in (1, 3) or \
+                    d.size > (1 << 24) or d.dtype.kind not in "fiu":
+                raise ModuleFileError(f"{where}: statistic {key!r} has shape {d.shape}; "
+                                      "expected per-channel values or a mean image")
+            stats[key] = np.asarray(d[()], dtype=np.float32)
+            if not np.all(np.isfinite(stats[key])):
+                raise ModuleFileError(f"{where}: statistic {key!r} holds non-finite values")
+    try:
+        return Preprocessing.from_state(spec, stats)
+    except (ValueError, TypeError, RefdecompError) as e:
+        raise ModuleFileError(f"{where}: unreadable record ({e})") from None
 
 
 def _array(grp, key: str, where: str, shape: tuple) -> np.ndarray:

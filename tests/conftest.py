@@ -3,6 +3,11 @@
 Keras is only an oracle here: the `keras3` and `tf_keras` fixtures import it lazily and skip the
 test (with the reason) where it is not installed. `shared_dir` is ../shared relative to the repo
 root (real data and the Keras corpus); tests that need it skip when it is absent.
+
+Real datasets are found where the library finds them, through ``$REFDECOMP_DATA`` (the
+library searches no machine-specific folder): as `tools/bootstrap.sh test` does, it is set
+to ../shared/data when that folder exists and the variable is unset. `SHARED_DATA` is that
+folder, for the tests that read real data.
 """
 from __future__ import annotations
 
@@ -15,6 +20,9 @@ from hypothesis import HealthCheck, settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / "shared"
+if not os.environ.get("REFDECOMP_DATA") and (SHARED_DIR / "data").is_dir():
+    os.environ["REFDECOMP_DATA"] = str(SHARED_DIR / "data")
+SHARED_DATA = Path(os.environ.get("REFDECOMP_DATA") or SHARED_DIR / "data")
 
 # Deterministic by default so CI runs are reproducible; `HYPOTHESIS_PROFILE=explore` searches
 # with fresh randomness (and more examples) when hunting for bugs locally.

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from refdecomp import DataError
 from refdecomp import datasets as D
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+from conftest import SHARED_DATA as SHARED  # noqa: E402  ($REFDECOMP_DATA, ../shared/data)
 
 
 @pytest.fixture(autouse=True)
@@ -404,7 +404,7 @@ def test_digits():
 
 def _shared(name):
     if not (SHARED / name).exists():
-        pytest.skip(f"{SHARED / name} not present (real data lives in ../shared/data)")
+        pytest.skip(f"{SHARED / name} not present (set REFDECOMP_DATA to the real data)")
     return SHARED / name
 
 

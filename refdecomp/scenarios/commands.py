@@ -23,12 +23,20 @@ def parse_pick(text: str) -> tuple[str, int, str]:
 _loaded: dict[tuple, Any] = {}   # module sets and datasets read during one command
 
 
-def _modules(path: str):
+def _modules(path: str, args: argparse.Namespace | None = None, ds=None):
+    """The module set in `path`, its preprocessing settled once: the one the file records, or
+    (for a file that records none) the one the options state, fitted on `ds`'s training
+    split."""
+    from ..cli_options import module_preprocessing, preprocessing_from_args
     from ..modules import load_modules
 
     key = ("modules", path)
     if key not in _loaded:
-        _loaded[key] = load_modules(path)
+        ms = load_modules(path)
+        given = preprocessing_from_args(args) if args is not None else None
+        ms.preprocessing = module_preprocessing(ms.preprocessing, given, path,
+                                                None if ds is None else ds.x_train)
+        _loaded[key] = ms
     return _loaded[key]
 
 
@@ -49,7 +57,7 @@ def _picks(args: argparse.Namespace):
         file, cls, data = parse_pick(text)
         ds = _dataset(data, args.data_dir)
         name = ds.class_names[cls] if cls < len(ds.class_names) else str(cls)
-        picks.append(Pick(_modules(file)[cls], ds, f"{ds.name}:{name}"))
+        picks.append(Pick(_modules(file, args, ds)[cls], ds, f"{ds.name}:{name}"))
     if len(picks) < 2:
         raise RefdecompError("argument --pick: give at least two modules to compose")
     return picks
@@ -70,11 +78,12 @@ def run_reuse(args: argparse.Namespace) -> dict[str, Any]:
 def run_replace(args: argparse.Namespace) -> dict[str, Any]:
     from .reuse import evaluate_replace, replace_table
 
-    target, donor = _modules(args.target), _modules(args.donor)
     ds = _dataset(args.data, args.data_dir)
-    from ..experiments import limit_dataset, parse_classes
+    target, donor = _modules(args.target, args, ds), _modules(args.donor, args, ds)
+    from ..cli_options import limited
+    from ..experiments import parse_classes
 
-    x, y = limit_dataset(ds, args.limit).split("test")
+    x, y = limited(args, ds).split("test")
     classes = (parse_classes(args.classes, "--classes") if args.classes
                else [int(c) for c in target.classes])
     res = evaluate_replace(target, donor, classes, x, y, batch_size=args.batch_size,
@@ -91,19 +100,24 @@ def run_update(args: argparse.Namespace) -> dict[str, Any]:
     from ..modules import ModuleSet
     from .reuse import class_images
 
-    ms = _modules(args.modules)
-    module = ms[args.cls]
-    images = []
+    from ..experiments import as_input
+
+    images, datasets = [], []
     for text in args.unconcerned:
         cls, _, data = text.partition("@")
         if not cls.isdigit() or not data:
             raise RefdecompError(f"argument --unconcerned {text!r}: expected CLASS@DATASET")
-        images.append(class_images(_dataset(data, args.data_dir), int(cls), "train",
-                                   args.update_limit))
-    updated = update_module(module, np.concatenate(images).astype(np.float32),
+        datasets.append(_dataset(data, args.data_dir))
+        images.append(class_images(datasets[-1], int(cls), "train", args.update_limit))
+    # A file that records no preprocessing gets the options', fitted on --data (the dataset
+    # the modules were made from), else on the first unconcerned dataset.
+    own = _dataset(args.data, args.data_dir) if args.data else datasets[0]
+    ms = _modules(args.modules, args, own)
+    module = ms[args.cls]
+    updated = update_module(module, as_input(np.concatenate(images), ms.preprocessing),
                             batch_size=args.batch_size, progress=not args.no_progress)
     ModuleSet([updated], ms.model, options=ms.options, data=ms.data,
-              class_names=ms.class_names).save(args.out)
+              class_names=ms.class_names, preprocessing=ms.preprocessing).save(args.out)
     before, after = module.size(), updated.size()
     res = {"module": args.cls, "out": args.out, "unconcerned_images": int(sum(map(len, images))),
            "size_before": before, "size_after": after}
@@ -131,38 +145,52 @@ def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
         _loaded.clear()
 
 
-def add_scenario_parsers(sub, handler, add_common) -> None:
-    """Add `reuse`, `replace` and `update` to the `refdecomp` subcommand parser."""
+def add_scenario_parsers(sub, handler, add_common, opts) -> None:
+    """Add `reuse`, `replace` and `update` to the `refdecomp` subcommand parser (`opts`:
+    `refdecomp.cli_options`, the shared dataset and preprocessing options)."""
+    report = "write JSON and Markdown reports here"
     p = sub.add_parser("reuse", help="compose modules of chosen classes (same or different "
                                      "datasets) into a new classifier",
                        description="Compose modules of chosen classes into a new classifier and "
                                    "report its accuracy (MA) and, with --update, the accuracy "
-                                   "of the updated modules (MMA).")
+                                   "of the updated modules (MMA). Each module's images go "
+                                   "through the preprocessing its module file records.",
+                       formatter_class=opts.HelpFormatter)
     p.add_argument("--pick", action="append", required=True, metavar="FILE:CLASS@DATASET",
                    help="a module: module set file, class index, and the dataset it belongs to")
     p.add_argument("--update", action="store_true", help="also update the modules (Section 3.5)")
-    p.add_argument("--update-limit", type=int, help="unconcerned images per class for updating")
-    p.add_argument("--data-dir"); p.add_argument("--report-dir")
+    p.add_argument("--update-limit", type=int, help="unconcerned images per class for updating "
+                                                    "(default: floor(E/(k-1)), as tangling)")
+    opts.add_data_options(p, data=False, limit=False)
+    p.add_argument("--report-dir", help=report)
+    opts.add_preprocessing_options(p, recorded=True)
     add_common(p)
     p.set_defaults(func=handler)
 
     p = sub.add_parser("replace", help="replace modules with the same class's modules from "
-                                       "another model, and evaluate")
+                                       "another model, and evaluate",
+                       formatter_class=opts.HelpFormatter)
     p.add_argument("--target", required=True, help="module set file whose modules are replaced")
     p.add_argument("--donor", required=True, help="module set file providing the replacements")
-    p.add_argument("--data", required=True, help="dataset of both module sets")
     p.add_argument("--classes", help="comma-separated classes to replace (default: each in turn)")
-    p.add_argument("--data-dir"); p.add_argument("--limit", type=int); p.add_argument("--report-dir")
+    opts.add_data_options(p)
+    p.add_argument("--report-dir", help=report)
+    opts.add_preprocessing_options(p, recorded=True)
     add_common(p)
     p.set_defaults(func=handler)
 
     p = sub.add_parser("update", help="update one module with another dataset's classes as "
-                                      "unconcerned inputs (Section 3.5)")
+                                      "unconcerned inputs (Section 3.5)",
+                       formatter_class=opts.HelpFormatter)
     p.add_argument("modules", help="module set file")
-    p.add_argument("--class", dest="cls", type=int, required=True)
-    p.add_argument("--unconcerned", action="append", required=True, metavar="CLASS@DATASET")
-    p.add_argument("--update-limit", type=int)
+    p.add_argument("--class", dest="cls", type=int, required=True, help="class of the module")
+    p.add_argument("--unconcerned", action="append", required=True, metavar="CLASS@DATASET",
+                   help="training images of this class of this dataset are observed as "
+                        "unconcerned inputs (repeatable)")
+    p.add_argument("--update-limit", type=int, help="images per unconcerned class (default: all)")
     p.add_argument("--out", required=True, help="module file to write")
-    p.add_argument("--data-dir"); p.add_argument("--report-dir")
+    opts.add_data_options(p, required=False, limit=False)
+    p.add_argument("--report-dir", help=report)
+    opts.add_preprocessing_options(p, recorded=True)
     add_common(p)
     p.set_defaults(func=handler)

@@ -63,14 +63,42 @@ def scenario_data(picks: Sequence[Pick], split: str = "test",
     return np.concatenate(xs), np.concatenate(ys)
 
 
+class _Inputs:
+    """Raw images `x` as each module takes them: through the module's own preprocessing
+    (`Module.preprocessing`, recorded in its module file), computed once per preprocessing."""
+
+    def __init__(self, x: np.ndarray):
+        self.raw = x
+        self._made: dict[int, tuple[Any, np.ndarray]] = {}
+
+    def __call__(self, module) -> np.ndarray:
+        pre = getattr(module, "preprocessing", None)
+        if id(pre) not in self._made:
+            self._made[id(pre)] = (pre, _as_input(self.raw, pre))
+        return self._made[id(pre)][1]
+
+
 def compose_scores(modules: Sequence[Any], x: np.ndarray, batch_size: int = 256,
                    progress: bool = False) -> np.ndarray:
     """(n, len(modules)) margins (`Module.decision_function`): the voting composition of any
-    modules ranks them. One shared pass per source model (`refdecomp.compose`)."""
+    modules ranks them. One shared pass per source model and preprocessing
+    (`refdecomp.compose`). `x`: raw images; each module sees them through its own
+    preprocessing, so modules of models trained with different input conventions compose."""
     from ..compose import compose_margins
 
-    x = _as_input(x)
-    return compose_margins(modules, x, batch_size, progress).margins
+    modules = list(modules)
+    inputs = _Inputs(x)
+    groups: dict[int, list[int]] = {}
+    for j, m in enumerate(modules):
+        groups.setdefault(id(getattr(m, "preprocessing", None)), []).append(j)
+    parts = {tuple(cols): compose_margins([modules[j] for j in cols], inputs(modules[cols[0]]),
+                                          batch_size, progress).margins
+             for cols in groups.values()}
+    first = next(iter(parts.values()), np.zeros((len(x), 0), np.float32))
+    out = np.empty((first.shape[0], len(modules)), dtype=first.dtype)
+    for cols, margins in parts.items():
+        out[:, list(cols)] = margins
+    return out
 
 
 def evaluate_reuse(picks: Sequence[Pick], *, update: bool = False, update_limit: int | None = None,
@@ -119,8 +147,10 @@ def update_modules(picks: Sequence[Pick], *, limit: int | None = None, batch_siz
         per_class = max(1, int(counts[j]))
         others = [class_images(q.dataset, q.class_index, "train", per_class)
                   for k, q in enumerate(picks) if k != j]
-        updated.append(update_module(p.module, _as_input(np.concatenate(others)),
-                                     batch_size=batch_size, progress=progress))
+        u = update_module(p.module, _as_input(np.concatenate(others), p.module.preprocessing),
+                          batch_size=batch_size, progress=progress)
+        u.preprocessing = p.module.preprocessing
+        updated.append(u)
     return updated
 
 
@@ -133,7 +163,6 @@ def evaluate_replace(target, donor, classes: Sequence[int], x: np.ndarray, y: np
     if missing:
         raise DataError(f"replace: classes {missing} are not in both module sets (target: "
                         f"{target.classes.tolist()}, donor: {donor.classes.tolist()})")
-    x = _as_input(x)
     base = compose_scores(list(target), x, batch_size, progress)
     donor_cols = compose_scores([donor[c] for c in classes], x, batch_size, progress)
     donor_scores = {c: donor_cols[:, i] for i, c in enumerate(classes)}
