@@ -297,8 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "the main job: decompose a model, compose its modules, report "
                               "(default: the shipped digits CNN on scikit-learn's digits, offline)")
     p.add_argument("--model", help=f"model file (default: {DEFAULT_DEMO_MODEL.name})")
-    _add_data(p, required=False)
-    p.set_defaults(data="digits")
+    opts.add_data_options(p, required=False, default="digits")
+    opts.add_preprocessing_options(p)
     p.add_argument("--out", default="out/demo", help="folder for modules and reports")
     _add_common(p); decomposition_options(p)
 

@@ -31,10 +31,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 # -- datasets ------------------------------------------------------------------------------
 def add_data_options(p: argparse.ArgumentParser, *, required: bool = True,
-                     default: str | None = None, data: bool = True, limit: bool = True) -> None:
+                     default: str | None = None, data: bool = True, limit: bool = True,
+                     data_help: str = DATASET_HELP) -> None:
     """--data, --data-dir and (with `limit`) --limit / --limit-seed."""
     if data:
-        p.add_argument("--data", required=required, default=default, help=DATASET_HELP)
+        p.add_argument("--data", required=required, default=default, help=data_help)
     p.add_argument("--data-dir", help="folder searched first for named datasets (then "
                                       "$REFDECOMP_DATA, then the download cache)")
     if limit:

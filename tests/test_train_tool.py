@@ -66,9 +66,21 @@ def test_resnet_layout_matches_the_paper(depth, n):
     assert len([l for l in m.layers if isinstance(l, keras.layers.Add)]) == 3 * n
     assert m.output_shape == (None, 10)
     assert isinstance(m.layers[-3], keras.layers.AveragePooling2D)
+    assert m.layers[-3].pool_size == (8, 8)
     bn = architectures.resnet_v1(depth, (32, 32, 3), 10, batch_norm=True)
     assert len([l for l in bn.layers if isinstance(l, keras.layers.BatchNormalization)]) \
         == 6 * n + 1
+
+
+@pytest.mark.parametrize("depth", [20, 32, 56])
+def test_resnet_for_tiny_imagenet_pools_the_whole_16x16_map(depth):
+    m = architectures.build(f"resnet{depth}", (64, 64, 3), 200)
+    assert m.output_shape == (None, 200)
+    pool = m.layers[-3]
+    assert isinstance(pool, keras.layers.AveragePooling2D) and pool.pool_size == (16, 16)
+    assert pool.output.shape[1:] == (1, 1, 64)
+    small = architectures.build(f"resnet{depth}", (32, 32, 3), 200)
+    assert m.count_params() == small.count_params()      # same network, larger input
 
 
 def test_preprocessing_standardises_per_channel():

@@ -43,8 +43,10 @@ def resnet_v1(depth: int, input_shape, num_classes: int, *, batch_norm: bool = F
 
     conv3x3(16)+ReLU, then 3 stages of n blocks with 16/32/64 filters; each block is
     conv3x3-ReLU-conv3x3, Add with the shortcut (a strided 1x1 convolution where the shape
-    changes), ReLU; then AveragePooling2D(8), Flatten, Dense softmax. Convolutions have
-    biases. `batch_norm=True` inserts BatchNormalization after every 3x3 convolution (before
+    changes), ReLU; then average pooling over the whole final map, Flatten, Dense softmax.
+    Convolutions have biases. The final map is the input divided by 4: 8x8 for CIFAR's 32x32
+    (AveragePooling2D(8), the Keras example's layer) and 16x16 for Tiny ImageNet's 64x64, the
+    paper's ImageNet-200 variant of the same networks. `batch_norm=True` inserts BatchNormalization after every 3x3 convolution (before
     its ReLU / the Add); the paper's models have none.
     """
     if (depth - 2) % 6:
@@ -74,7 +76,7 @@ def resnet_v1(depth: int, input_shape, num_classes: int, *, batch_norm: bool = F
                 x = conv(x, filters, 1, strides, p + "_shortcut")
             x = layers.Add(name=p + "_add")([x, y])
             x = layers.Activation("relu", name=p + "_out")(x)
-    x = layers.AveragePooling2D(pool_size=8, name="avg_pool")(x)
+    x = layers.AveragePooling2D(pool_size=tuple(x.shape[1:3]), name="avg_pool")(x)
     x = layers.Flatten(name="flatten")(x)
     outputs = layers.Dense(num_classes, activation="softmax", kernel_initializer=init(),
                            name="predictions")(x)

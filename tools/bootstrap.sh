@@ -6,7 +6,8 @@
 #
 # Everything is installed into a virtual environment, never into the system interpreter:
 #   - an already active one ($VIRTUAL_ENV), if any;
-#   - otherwise ./.venv, created on first use with $PYTHON (default: python3).
+#   - otherwise ./.venv, created on first use with $PYTHON (default: python3); to switch
+#     interpreters later, delete .venv.
 # Afterwards run refdecomp as .venv/bin/refdecomp ... (or `source .venv/bin/activate`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,15 +25,20 @@ make_venv() {  # create ./.venv with $PYTHON; works where ensurepip is missing (
   # No ensurepip: make the venv without pip, then run pip straight from its wheel to install itself.
   rm -rf .venv
   "$base" -m venv --without-pip .venv || die "'$base -m venv' failed; install your distribution's venv package (Debian: apt-get install python3-venv)"
-  .venv/bin/python tools/fetch_pip.py .venv/pip.whl || die "could not get pip for .venv (offline?); install python3-venv and retry"
-  .venv/bin/python .venv/pip.whl/pip install -q --disable-pip-version-check .venv/pip.whl
-  rm -f .venv/pip.whl
+  local wheel
+  wheel=$(.venv/bin/python tools/fetch_pip.py .venv) ||
+    die "could not get pip for .venv (offline?); install python3-venv and retry"
+  .venv/bin/python "$wheel/pip" install -q --disable-pip-version-check "$wheel"
+  rm -f "$wheel"
 }
 
 if [[ -n ${VIRTUAL_ENV:-} && -x $VIRTUAL_ENV/bin/python ]]; then
   PY=$VIRTUAL_ENV/bin/python
 else
-  [[ -x .venv/bin/python ]] || make_venv
+  # (Re)create it when missing, or when an earlier run stopped before pip was in place.
+  if ! { [[ -x .venv/bin/python ]] && .venv/bin/python -m pip --version >/dev/null 2>&1; }; then
+    make_venv
+  fi
   PY=$PWD/.venv/bin/python
 fi
 

@@ -314,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", help="classes of dataset 1, comma-separated")
     p.add_argument("--classes2", help="classes of dataset 2, comma-separated")
     p.add_argument("--pairs", help="table5: C:D,... (replace class C of dataset 1 by D of 2)")
-    p.add_argument("--limit", type=int, help="table1: first N images of each split")
+    p.add_argument("--limit", type=int, help="table1: a seeded subset of N images of each "
+                                              "split, every class in proportion")
     p.add_argument("--delta", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--update-limit", type=int, help="unconcerned images per class for updates")

@@ -66,8 +66,10 @@ def _picks(args: argparse.Namespace):
 def run_reuse(args: argparse.Namespace) -> dict[str, Any]:
     from .reuse import evaluate_reuse
 
-    res = evaluate_reuse(_picks(args), update=args.update, update_limit=args.update_limit,
+    picks = _picks(args)
+    res = evaluate_reuse(picks, update=args.update, update_limit=args.update_limit,
                          batch_size=args.batch_size, progress=not args.no_progress)
+    res["preprocessing"] = [_described(p.module.preprocessing) for p in picks]
     rows = [[" + ".join(res["picks"]), res["n_images"], f"{100 * res['MA']:.2f}%",
              f"{100 * res['MMA']:.2f}%" if "MMA" in res else "-"]]
     md = "# Reuse\n\n" + markdown_table(["modules", "test images", "MA (composed)",
@@ -88,6 +90,8 @@ def run_replace(args: argparse.Namespace) -> dict[str, Any]:
                else [int(c) for c in target.classes])
     res = evaluate_replace(target, donor, classes, x, y, batch_size=args.batch_size,
                            progress=not args.no_progress)
+    res["preprocessing"] = {"target": _described(target.preprocessing),
+                            "donor": _described(donor.preprocessing)}
     md = (f"# Replace modules of {args.target} with those of {args.donor}\n\n"
           + replace_table(res))
     return _finish(args, "replace", res, md)
@@ -98,9 +102,8 @@ def run_update(args: argparse.Namespace) -> dict[str, Any]:
 
     from ..decompose.update import update_module
     from ..modules import ModuleSet
-    from .reuse import class_images
-
     from ..experiments import as_input
+    from .reuse import class_images
 
     images, datasets = [], []
     for text in args.unconcerned:
@@ -120,11 +123,17 @@ def run_update(args: argparse.Namespace) -> dict[str, Any]:
               class_names=ms.class_names, preprocessing=ms.preprocessing).save(args.out)
     before, after = module.size(), updated.size()
     res = {"module": args.cls, "out": args.out, "unconcerned_images": int(sum(map(len, images))),
+           "preprocessing": _described(ms.preprocessing),
            "size_before": before, "size_after": after}
     md = markdown_table(["", "nodes kept", "weights kept"],
                         [["before update", before["nodes_fraction"], before["weights_fraction"]],
                          ["after update", after["nodes_fraction"], after["weights_fraction"]]])
     return _finish(args, "update", res, f"# Update of module {args.cls}\n\n{md}")
+
+
+def _described(pre) -> dict | None:
+    """A module set's preprocessing as reports state it (None: raw pixel values)."""
+    return pre.to_dict() if pre is not None else None
 
 
 def _finish(args: argparse.Namespace, name: str, data: dict, md: str) -> dict[str, Any]:
@@ -173,7 +182,8 @@ def add_scenario_parsers(sub, handler, add_common, opts) -> None:
     p.add_argument("--target", required=True, help="module set file whose modules are replaced")
     p.add_argument("--donor", required=True, help="module set file providing the replacements")
     p.add_argument("--classes", help="comma-separated classes to replace (default: each in turn)")
-    opts.add_data_options(p)
+    opts.add_data_options(p, data_help="dataset of both module sets (its test split is "
+                                       "evaluated)")
     p.add_argument("--report-dir", help=report)
     opts.add_preprocessing_options(p, recorded=True)
     add_common(p)
@@ -189,7 +199,11 @@ def add_scenario_parsers(sub, handler, add_common, opts) -> None:
                         "unconcerned inputs (repeatable)")
     p.add_argument("--update-limit", type=int, help="images per unconcerned class (default: all)")
     p.add_argument("--out", required=True, help="module file to write")
-    opts.add_data_options(p, required=False, limit=False)
+    opts.add_data_options(p, required=False, limit=False,
+                          data_help="the dataset the modules were made from: its training split "
+                                    "gives the statistics of --subtract / --divide for a module "
+                                    "file that records no preprocessing (default: the first "
+                                    "--unconcerned dataset)")
     p.add_argument("--report-dir", help=report)
     opts.add_preprocessing_options(p, recorded=True)
     add_common(p)
