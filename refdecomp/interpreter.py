@@ -251,8 +251,12 @@ class Model:
             want = self.graph[name].shape
             if a.ndim != len(want) + 1 or any(w is not None and w != s
                                               for w, s in zip(want, a.shape[1:])):
+                hint = ""
+                if a.ndim == 4 and tuple(want) == (a.shape[3], a.shape[1], a.shape[2]):
+                    hint = ("; the model takes channels first (NCHW): give the images as NCHW "
+                            "(command line: --channels-first)")
                 raise DataError(f"input {name!r} expects shape {(None, *want)} "
-                                f"(batch first), got {a.shape}")
+                                f"(batch first), got {a.shape}{hint}")
             if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or \
                     np.issubdtype(a.dtype, np.complexfloating):
                 raise DataError(f"input {name!r} must hold real numbers, got dtype {a.dtype}")

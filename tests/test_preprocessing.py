@@ -245,3 +245,29 @@ def test_help_shows_defaults_and_every_decomposition_option(capsys):
     assert "(default: balanced)" in text and "(default: prose)" in text
     assert "(default: last_conv)" in text and "(default: 0.5)" in text
     assert "stratified" in text
+
+
+def test_channels_first_model_by_others(tmp_path, capsys):
+    """A real channels-first file (first Conv2D NCHW): without --channels-first the error says
+    what to add; with it, the reported accuracy is the model's on hand-transposed input."""
+    from conftest import SHARED_DATA
+
+    model_file = (SHARED_DATA.parent / "keras-corpus"
+                  / "dl4j-test-resources__simpleconv2d_model.hdf5")
+    if not model_file.exists():
+        pytest.skip(f"{model_file} not present")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 28, 28, 1), dtype=np.uint8)
+    y = rng.integers(0, 10, 40)
+    data = tmp_path / "fake28.npz"
+    save_npz(Dataset("fake28", x, y, x, y, tuple(map(str, range(10)))), data)
+    argv = ["predict", str(model_file), "--data", str(data), "--scale", "1/255", "--no-progress",
+            "--json"]
+    assert main(argv) == 2
+    assert "--channels-first" in capsys.readouterr().err
+    assert main([*argv, "--channels-first"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    probs = refdecomp.load_model(model_file).predict(
+        np.ascontiguousarray((x / 255.0).astype(np.float32).transpose(0, 3, 1, 2)))
+    assert got["top1"] == pytest.approx(np.mean(probs.argmax(1) == y))
+    assert got["preprocessing"]["channels_first"] is True
