@@ -211,11 +211,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     model_path = args.model or str(DEFAULT_DEMO_MODEL)
     kw = opts.decomposition_kwargs(args)
-    result = run_decomposition_experiment(
-        model_path, args.data, data_dir=args.data_dir, limit=args.limit,
-        limit_seed=args.limit_seed, backtrack=kw.pop("backtrack"), delta=kw.pop("delta"),
-        seed=kw.pop("seed"), preprocessing=opts.preprocessing_from_args(args),
-        out_dir=args.out, batch_size=args.batch_size, progress=not args.no_progress, **kw)
+    with opts.subset_warnings(args):
+        result = run_decomposition_experiment(
+            model_path, args.data, data_dir=args.data_dir, limit=args.limit,
+            limit_seed=args.limit_seed, backtrack=kw.pop("backtrack"), delta=kw.pop("delta"),
+            seed=kw.pop("seed"), preprocessing=opts.preprocessing_from_args(args),
+            out_dir=args.out, batch_size=args.batch_size, progress=not args.no_progress, **kw)
     _emit(args, result["data"], result["markdown"])
     return 0
 

@@ -8,6 +8,7 @@ understands the same `--data ... --limit ... --scale ... --subtract ...`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from typing import Any
@@ -64,12 +65,27 @@ def limited(args: argparse.Namespace, ds):
     line each."""
     from .experiments import limit_dataset
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ds = limit_dataset(ds, getattr(args, "limit", None), getattr(args, "limit_seed", 0))
-    for w in caught:
-        print(f"refdecomp {getattr(args, 'command', '')}: warning: {w.message}", file=sys.stderr)
-    return ds
+    with subset_warnings(args):
+        return limit_dataset(ds, getattr(args, "limit", None), getattr(args, "limit_seed", 0))
+
+
+@contextlib.contextmanager
+def subset_warnings(args: argparse.Namespace):
+    """Within: a `SubsetWarning` (a --limit subset left a class empty) is printed at once as one
+    line, ``refdecomp COMMAND: warning: ...``; other warnings as usual."""
+    from .experiments import SubsetWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, SubsetWarning):
+            print(f"refdecomp {getattr(args, 'command', '')}: warning: {message}",
+                  file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SubsetWarning)
+        default, warnings.showwarning = warnings.showwarning, show
+        yield
 
 
 # -- preprocessing -------------------------------------------------------------------------
