@@ -1020,9 +1020,17 @@ def add_arguments(p) -> None:
         pass
 
 
-def run_command(args, dataset) -> tuple[dict[str, Any], str, int]:
-    """`refdecomp audit-modules`: (JSON data, text, exit status) for parsed `args` and a loaded
-    dataset."""
+def _described(pre) -> str:
+    if pre is None or pre.is_identity:
+        return ""
+    if pre.subtract == "none" and pre.divide == "none" and not pre.channels_first:
+        return f", pixels x {pre.scale:g}"
+    return f", preprocessing {pre.describe()}"
+
+
+def run_command(args, dataset, preprocessing=None) -> tuple[dict[str, Any], str, int]:
+    """`refdecomp audit-modules`: (JSON data, text, exit status) for parsed `args`, a loaded
+    dataset and the fitted `Preprocessing` the options state (None: raw pixels)."""
     from .experiments import parse_classes
 
     if args.labels:
@@ -1042,15 +1050,17 @@ def run_command(args, dataset) -> tuple[dict[str, Any], str, int]:
         classes = {name: parse_classes(text, "--classes")
                    for name, text in zip(labels, args.classes)}
     x, y = dataset.split(args.split)
-    scale = float(getattr(args, "scale", 1.0) or 1.0)
-    x = np.asarray(x, np.float32) * np.float32(scale)
+    if preprocessing is None and not isinstance(getattr(args, "scale", None), str):
+        from .preprocessing import Preprocessing   # the audit's own --scale option
+
+        preprocessing = Preprocessing(scale=float(getattr(args, "scale", 1.0) or 1.0))
+    x = np.asarray(x, np.float32) if preprocessing is None else preprocessing(x)
     from . import load_model
 
     model = load_model(args.model, architecture=getattr(args, "architecture", None))
     result = audit_modules(model, dict(zip(labels, args.modules)), x, y, classes=classes,
                            batch_size=args.batch_size, progress=not args.no_progress)
-    result["data"] = f"{dataset.name} {args.split} split" + (
-        f", pixels x {scale:g}" if scale != 1.0 else "")
+    result["data"] = f"{dataset.name} {args.split} split" + _described(preprocessing)
     text = markdown_report(result)
     if args.report_dir:
         paths = write_audit_report(result, args.report_dir)

@@ -201,7 +201,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_audit_modules(args: argparse.Namespace) -> int:
     from .audit_modules import run_command
 
-    data, text, status = run_command(args, _load_data(args))
+    data, text, status = run_command(args, *_load_data(args))
     _emit(args, data, text)
     return status
 
