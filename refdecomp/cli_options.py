@@ -161,7 +161,8 @@ def add_decomposition_options(p: argparse.ArgumentParser) -> None:
                         "input: + MC-BI")
     g.add_argument("--delta", type=float, default=0.5,
                    help="MC-BLN threshold: a head input is removed when its channeled weights "
-                        "reach +-delta (see --delta-rule)")
+                        "reach +-delta (times max|W| with --delta-scale relative; see "
+                        "--delta-rule)")
     g.add_argument("--delta-rule", choices=DELTA_RULES, default=DEFAULT_DELTA_RULE,
                    help="prose: remove where W[uc] >= delta and W[c] <= -delta; pseudocode: "
                         "W[uc] <= -delta and W[c] >= delta (Algorithm 2 as printed; "
