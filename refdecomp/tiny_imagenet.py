@@ -25,6 +25,7 @@ import zipfile
 from pathlib import Path
 import numpy as np
 
+from . import limits
 from .errors import DataError
 
 __all__ = ["load_tiny_imagenet", "is_tiny_imagenet", "IMAGE_SHAPE", "URL", "MD5"]
@@ -33,7 +34,8 @@ URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
 IMAGE_SHAPE = (64, 64, 3)
 
-#: Largest member read (uncompressed): words.txt is about 2.7 MB, an image a few kB.
+#: Largest member read (uncompressed): words.txt is about 2.7 MB, an image a few kB. What all
+#: members expand to together is held to `refdecomp.limits` (max_file_bytes).
 _MAX_MEMBER_BYTES = 32 << 20
 
 
@@ -42,6 +44,7 @@ class _Tree:
 
     def __init__(self, path: Path):
         self.path = path
+        self.budget = limits.Budget(str(path))
         self._zip: zipfile.ZipFile | None = None
         if path.is_dir():
             root = path if (path / "wnids.txt").is_file() else path / "tiny-imagenet-200"
@@ -73,6 +76,7 @@ class _Tree:
                 raise DataError(f"{self.path}: {rel} is missing (Tiny ImageNet layout expected)")
             if f.stat().st_size > _MAX_MEMBER_BYTES:
                 raise DataError(f"{self.path}: {rel} is larger than {_MAX_MEMBER_BYTES} bytes")
+            self.budget.take(f.stat().st_size, rel)
             return f.read_bytes()
         name = self._members.get(rel)
         if name is None:
@@ -81,6 +85,7 @@ class _Tree:
         if info.file_size > _MAX_MEMBER_BYTES:
             raise DataError(f"{self.path}: {rel} declares {info.file_size} bytes, more than "
                             f"{_MAX_MEMBER_BYTES}; not a Tiny ImageNet archive")
+        self.budget.take(info.file_size, rel)
         try:
             with self._zip.open(name) as f:
                 return f.read(_MAX_MEMBER_BYTES + 1)
@@ -167,6 +172,8 @@ def load_tiny_imagenet(path: str | os.PathLike, name: str = "tiny_imagenet"):
             raise DataError(f"{path}: val/val_annotations.txt lists no images")
         split = {}
         for key, items in (("train", train), ("test", val)):
+            limits.check_bytes(len(items) * int(np.prod(IMAGE_SHAPE)), str(path),
+                               f"the {key} images ({len(items)} x 64x64x3)")
             x = np.stack([decode(rel) for rel, _ in items])
             split[key] = (x, np.array([label for _, label in items], dtype=np.int64))
     finally:

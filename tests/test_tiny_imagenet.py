@@ -168,3 +168,17 @@ def test_search_dirs_hold_no_machine_specific_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("REFDECOMP_DATA", str(tmp_path / "env"))
     assert D.search_dirs(tmp_path / "mine") == [tmp_path / "mine", tmp_path / "env",
                                                tmp_path / "cache" / "downloads"]
+
+
+def test_archive_contents_are_held_to_the_limits(tmp_path):
+    from refdecomp import limits
+    from refdecomp.errors import LimitError
+
+    tree = write_tree(tmp_path, np.random.default_rng(6))
+    archive = _zip(tree, tmp_path / "tiny-imagenet-200.zip")
+    with limits.override(max_file_bytes=2000):
+        with pytest.raises(LimitError, match="max_file_bytes"):
+            T.load_tiny_imagenet(archive)
+    with limits.override(max_tensor_bytes=64 * 64 * 3 * 5):
+        with pytest.raises(LimitError, match="train images"):
+            T.load_tiny_imagenet(tree["base"])
