@@ -209,9 +209,17 @@ def _epilogue_flat(y, bias, code, p0, p1, p2, positions, mask, seen, groups):
                     for k in range(n):
                         sv[k] += v[k] > np.float32(0.0)
                 else:
+                    # Stores are conditional (only ever store 1: see epilogue()), which only
+                    # AVX-512 vectorises (masked byte stores). So first look, with loads only
+                    # (vectorised on every ISA), for a positive value whose bit is still 0:
+                    # once a group's bits fill up, most blocks store nothing.
+                    fresh = False
                     for k in range(n):
-                        if v[k] > np.float32(0.0):    # only ever store 1: see epilogue()
-                            sv[k] = 1
+                        fresh |= (v[k] > np.float32(0.0)) & (sv[k] == 0)
+                    if fresh:
+                        for k in range(n):
+                            if v[k] > np.float32(0.0):
+                                sv[k] = 1
             if plain_relu:
                 for k in range(n):
                     v[k] = max(v[k], np.float32(0.0))
