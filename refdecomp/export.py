@@ -33,6 +33,7 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
+from ._version import __version__
 from .errors import DataError, RefdecompError, UnsupportedLayerError, describe_layer
 from .fileio import atomic_path
 from .graph import Graph, Node
@@ -665,8 +666,6 @@ def _keras_layer_order(layers: list[_Layer], inputs: list[str], outputs: list[st
 # HDF5 writing
 # --------------------------------------------------------------------------------------------
 def _write_h5(tmp: Path, config: dict, layers: list[_Layer], graph: Graph) -> None:
-    from . import __version__
-
     str_dt = h5py.string_dtype()
     with h5py.File(tmp, "w") as f:
         f.attrs["model_config"] = json.dumps(config)
