@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit
 
 from . import metrics
-from .errors import DataError, RefdecompError
+from .errors import DataError, InternalError, RefdecompError
 from .graph import WEIGHTED_OPS
 from .interpreter import _progress, node_macs
 from .kernels.epilogue import activation_code
@@ -185,7 +185,8 @@ class Composer:
         if model._open_dims():
             model = model._specialised([a.shape[1:] for a in xs])
             if [n.name for n in model.graph.nodes] != self.names:
-                raise RefdecompError("compose: the specialised graph differs from the model's")
+                raise InternalError("compose: the graph specialised to the input shape has other "
+                                    "nodes than the model's")
         n = len(xs[0]) if xs else 0
         batch_size = int(batch_size)
         if batch_size < 1:
