@@ -35,7 +35,7 @@ from . import metrics
 from .errors import DataError, InternalError, RefdecompError
 from .graph import WEIGHTED_OPS
 from .interpreter import _progress, node_macs
-from .kernels.epilogue import activation_code
+from .activations import activation_code
 from .kernels.threads import parallel_parts
 
 #: default images per batch (the features of every module are held per batch)

@@ -14,7 +14,8 @@ import numpy as np
 from ..kernels.add import add as add_kernel
 from ..kernels.conv import Conv2D
 from ..kernels.dense import Dense
-from ..kernels.epilogue import PerThreadCounts, activation_code
+from ..activations import activation_code
+from ..kernels.epilogue import PerThreadCounts
 from ..kernels.pool import pool2d
 
 from ..graph import Graph, Node
