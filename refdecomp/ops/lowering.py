@@ -7,18 +7,17 @@ are handled here, so the kernels only ever see NHWC arrays and activation codes.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
+from ..activations import activation_code
+from ..graph import Graph, Node
 from ..kernels.add import add as add_kernel
 from ..kernels.conv import Conv2D
 from ..kernels.dense import Dense
-from ..activations import activation_code
 from ..kernels.epilogue import PerThreadCounts
 from ..kernels.pool import pool2d
-
-from ..graph import Graph, Node
 from . import reference as ref
 
 NO_MASK = np.empty(0, np.uint8)

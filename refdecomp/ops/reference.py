@@ -6,7 +6,8 @@ Semantics follow Keras exactly (see the notes on each function).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from ..activations import (  # noqa: F401  (re-exported: part of the executable 
 from ..errors import UnsupportedLayerError, describe_layer
 from ..graph import Node
 from ..windows import geometry
+
 
 # --------------------------------------------------------------------------------------------
 # activations: defined in refdecomp.activations, the one table of activations

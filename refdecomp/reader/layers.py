@@ -10,8 +10,9 @@ error lists every offending layer.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -527,8 +528,9 @@ def _read_weights(layer: LayerSpec, shapes: list, dialect: Dialect) -> None:
         else:
             fits = True
         if not fits:
+            given = shapes[0] if shapes else ()
             raise _bad(layer, dialect, f"weight {value.name!r} has shape {value.shape}, but "
-                                       f"the layer's config and input {shapes[0] if shapes else ()} "
+                                       f"the layer's config and input {given} "
                                        f"imply {_describe_spec(spec)}")
         layer.weights[role] = value.read()
 
