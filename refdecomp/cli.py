@@ -6,19 +6,37 @@ and turns bad input into one clear line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from . import cli_options as opts
+from ._version import __version__
+from .audit import audit_model
+from .audit_modules import add_arguments as audit_modules_arguments
+from .audit_modules import run_command
+from .decompose import decompose
+from .distributed import start_client
 from .errors import InternalError, RefdecompError
 from .experiments import as_input as _x
-from .report import markdown_table, print_json
+from .experiments import describe, evaluation_report, run_decomposition_experiment
+from .fileio import atomic_path
+from .interpreter import node_macs
+from .loading import load_model
+from .metrics import top_k_accuracy
+from .modules import load_modules
+from .report import markdown_table, print_json, set_command
+from .scenarios.commands import add_scenario_parsers, run_scenario
 
-DEFAULT_DEMO_MODEL = Path(__file__).resolve().parent.parent / "weights" / "digits_cnn.h5"
+#: the demo's default model: weights/digits_cnn.h5 of the repository, installed with the package
+#: as data of `refdecomp.weights`, so the demo runs from a wheel, offline
+DEFAULT_DEMO_MODEL = ("refdecomp.weights", "digits_cnn.h5")
 
 
 # -- shared argument helpers -----------------------------------------------------------------
@@ -56,8 +74,6 @@ class _Cluster:
     def __enter__(self):
         a = self.args
         if getattr(a, "scheduler", None) or getattr(a, "workers", None):
-            from .distributed import start_client
-
             self.client = start_client(a.scheduler, a.workers)
         return self.client
 
@@ -76,8 +92,6 @@ def _load_data(args: argparse.Namespace):
 
 
 def _load_model(args: argparse.Namespace):
-    from . import load_model
-
     return load_model(args.model, architecture=getattr(args, "architecture", None))
 
 
@@ -90,8 +104,6 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 
 # -- subcommands ------------------------------------------------------------------------------
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .interpreter import node_macs
-
     model = _load_model(args)
     g = model.source_graph
     rows = [{"layer": n.name, "class": n.keras_class or n.op, "op": n.op,
@@ -111,16 +123,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     probs = model.predict(_x(x, pre), batch_size=args.batch_size, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
-    from .experiments import describe
-    from .metrics import top_k_accuracy
 
     data = {"model": args.model, "data": describe(ds, args.split), "images": int(len(x)),
             "preprocessing": pre.to_dict() if pre is not None else None,
             "seconds": seconds, "images_per_second": len(x) / seconds,
             "top1": top_k_accuracy(probs, y, 1), "top5": top_k_accuracy(probs, y, 5)}
     if args.out:
-        from .fileio import atomic_path
-
         with atomic_path(args.out, suffix=".npz") as tmp:
             np.savez_compressed(tmp, probabilities=probs, labels=y)
         data["out"] = args.out
@@ -131,13 +139,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import audit_model
-
     model = _load_model(args)
     result = audit_model(model, args.model, against=args.against, n_images=args.images,
                          seed=args.seed, architecture=args.architecture)
-    rows = [[r["layer"], r["class"], r["shape"], f"{r['rel_error']:.2e}", "ok" if r["ok"] else "DIFF"]
-            for r in result["layers"]]
+    rows = [[r["layer"], r["class"], r["shape"], f"{r['rel_error']:.2e}",
+             "ok" if r["ok"] else "DIFF"] for r in result["layers"]]
     text = (f"audit of {args.model} against {result['against']} on {result['images']} random "
             f"inputs (tolerance {result['tolerance']:.0e})\n"
             + markdown_table(["layer", "class", "output shape", "relative error", ""], rows))
@@ -146,9 +152,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_decompose(args: argparse.Namespace) -> int:
-    from . import decompose
-    from .experiments import describe
-
     model = _load_model(args)
     ds, pre = _load_data(args)
     t0 = time.perf_counter()
@@ -170,9 +173,6 @@ def cmd_decompose(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from . import load_modules
-    from .experiments import evaluation_report
-
     ms = load_modules(args.modules, model=args.model)
     ds, given = _load_data(args)
     ms.preprocessing = opts.module_preprocessing(ms.preprocessing, given, args.modules)
@@ -187,8 +187,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from . import load_modules
-
     ms = load_modules(args.modules, model=args.model)
     module = ms[args.cls]
     path = module.export_keras(args.out, compact=args.compact)
@@ -199,19 +197,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_modules(args: argparse.Namespace) -> int:
-    from .audit_modules import run_command
-
     data, text, status = run_command(args, *_load_data(args))
     _emit(args, data, text)
     return status
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .experiments import run_decomposition_experiment
-
-    model_path = args.model or str(DEFAULT_DEMO_MODEL)
+    package, name = DEFAULT_DEMO_MODEL
     kw = opts.decomposition_kwargs(args)
-    with opts.subset_warnings(args):
+    with importlib.resources.as_file(importlib.resources.files(package) / name) as default, \
+            opts.subset_warnings(args):
+        model_path = args.model or str(default)
         result = run_decomposition_experiment(
             model_path, args.data, data_dir=args.data_dir, limit=args.limit,
             limit_seed=args.limit_seed, backtrack=kw.pop("backtrack"), delta=kw.pop("delta"),
@@ -222,8 +218,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_scenario(args: argparse.Namespace) -> int:
-    from .scenarios.commands import run_scenario
-
     result = run_scenario(args)
     _emit(args, result["data"], result["markdown"])
     return 0
@@ -235,27 +229,31 @@ def build_parser() -> argparse.ArgumentParser:
         prog="refdecomp",
         description="Decompose trained Keras CNNs into reusable, replaceable per-class modules "
                     "(Pan & Rajan, ICSE 2022) on a TensorFlow-free interpreter.")
-    from . import __version__
 
     parser.add_argument("--version", action="version", version=f"refdecomp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+    def add(name: str, fn: Callable[[argparse.Namespace], int],
+            help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help, formatter_class=opts.HelpFormatter)
         p.set_defaults(func=fn)
         return p
 
     p = add("inspect", cmd_inspect, "layer table: output shapes, parameters, multiply-accumulates")
-    _add_model(p); _add_common(p)
+    _add_model(p)
+    _add_common(p)
 
     p = add("predict", cmd_predict, "predict a dataset split and report top-1 / top-5")
-    _add_model(p); _add_data(p); _add_common(p)
+    _add_model(p)
+    _add_data(p)
+    _add_common(p)
     p.add_argument("--split", default="test", choices=["train", "test"], help="split to predict")
     p.add_argument("--out", help="write probabilities and labels to this .npz")
 
     p = add("audit", cmd_audit, "compare every layer's output with Keras (when installed) or with "
                                 "the NumPy reference interpreter")
-    _add_model(p); _add_common(p)
+    _add_model(p)
+    _add_common(p)
     p.add_argument("--against", choices=["auto", "keras", "reference"], default="auto",
                    help="auto: Keras when installed, else the NumPy reference interpreter")
     p.add_argument("--images", type=int, default=4, help="random inputs to compare on")
@@ -265,13 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("audit-modules", cmd_audit_modules, "audit module files made by any tool (Keras "
             "files of the model's architecture) against the model's forward pass on a dataset")
-    _add_model(p); _add_data(p); _add_common(p)
-    from .audit_modules import add_arguments as audit_modules_arguments
+    _add_model(p)
+    _add_data(p)
+    _add_common(p)
 
     audit_modules_arguments(p)
 
     p = add("decompose", cmd_decompose, "decompose a model into one module per class")
-    _add_model(p); _add_data(p); _add_common(p); decomposition_options(p); _add_cluster(p)
+    _add_model(p)
+    _add_data(p)
+    _add_common(p)
+    decomposition_options(p)
+    _add_cluster(p)
     p.add_argument("--activity-threshold", type=float, default=0.0, metavar="T",
                    help="keep a node (or channel) only when active on at least this fraction "
                         "of the images a module observes; 0 (default) is the paper's rule")
@@ -284,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("evaluate", cmd_evaluate, "compose modules and report accuracy, size and Jaccard")
     p.add_argument("modules", help="module set file written by `refdecomp decompose`")
     p.add_argument("--model", help="source model file, if the module file does not embed it")
-    _add_data(p, recorded=True); _add_common(p); _add_cluster(p)
+    _add_data(p, recorded=True)
+    _add_common(p)
+    _add_cluster(p)
     p.add_argument("--report-dir", help="write JSON, Markdown and plots here")
 
     p = add("export", cmd_export, "write one module as a Keras file")
@@ -297,21 +302,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", cmd_demo, "the main job: decompose a model, compose its modules, report "
                               "(default: the shipped digits CNN on scikit-learn's digits, offline)")
-    p.add_argument("--model", help=f"model file (default: {DEFAULT_DEMO_MODEL.name})")
+    p.add_argument("--model", help=f"model file (default: the shipped {DEFAULT_DEMO_MODEL[1]})")
     opts.add_data_options(p, required=False, default="digits")
     opts.add_preprocessing_options(p)
     p.add_argument("--out", default="out/demo", help="folder for modules and reports")
-    _add_common(p); decomposition_options(p)
-
-    from .scenarios.commands import add_scenario_parsers
+    _add_common(p)
+    decomposition_options(p)
 
     add_scenario_parsers(sub, cmd_scenario, _add_common, opts)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .report import set_command
-
     argv = sys.argv[1:] if argv is None else list(argv)
     set_command(argv)
     parser = build_parser()
@@ -375,8 +377,6 @@ def _missing_dependency(exc: ModuleNotFoundError) -> str | None:
 
 
 def _report_bug(command: str, exc: BaseException) -> int:
-    import traceback
-
     traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     print(f"refdecomp {command}: internal error: {type(exc).__name__}: {exc}\n"
           f"This is a bug in refdecomp, not a problem with your input. Please report it with "

@@ -8,12 +8,11 @@ as the masked module, to float32 rounding, with fewer multiply-accumulates and p
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
 from .graph import WEIGHTED_OPS, Graph
-
 
 #: Compact convolutions keep a multiple of this many filters (zero ones where needed): the
 #: micro-kernels compute 8-32 channels per call, so 8 keeps them on their wide variants.

@@ -26,13 +26,16 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import h5py
 import numpy as np
 
+from ._version import __version__
+from .activations import keras_form
 from .errors import DataError, RefdecompError, UnsupportedLayerError, describe_layer
 from .fileio import atomic_path
 from .graph import Graph, Node
@@ -42,12 +45,6 @@ KERAS_DIALECT_VERSION = "2.21.0"
 #: The registered name of the mask layer (`package>name`).
 NODE_MASK_NAME = "refdecomp>NodeMask"
 
-# Activations every Keras version names the same way (a string in the layer config).
-_STRING_ACTIVATIONS = {
-    "linear": "linear", "sigmoid": "sigmoid", "tanh": "tanh", "softplus": "softplus",
-    "softsign": "softsign", "exponential": "exponential", "selu": "selu",
-    "swish": "swish", "silu": "swish",
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -565,41 +562,15 @@ def _batch_norm(node: Node, graph: Graph) -> tuple[dict, list]:
 
 
 def _activation(node: Node, act: Mapping[str, Any]) -> tuple[str, list[tuple[str, dict]]]:
-    """An activation as (config string, extra layers after it) valid in Keras 3 and tf_keras.
-
-    Parametrised activations become layers (ReLU, ELU, Softmax); hard_sigmoid, whose meaning
-    differs between Keras 2 and 3, becomes Rescaling + ReLU(max_value=1) in the given dialect.
-    """
-    name = act.get("name", "linear")
-    if name in _STRING_ACTIVATIONS:
-        return _STRING_ACTIVATIONS[name], []
-    if name == "relu":
-        cfg = {"max_value": _opt_float(act.get("max_value")),
-               "negative_slope": float(act.get("negative_slope") or 0.0),
-               "threshold": float(act.get("threshold") or 0.0)}
-        if cfg["max_value"] is None and cfg["negative_slope"] == 0 and cfg["threshold"] == 0:
-            return "relu", []
-        return "linear", [("ReLU", cfg)]
-    if name == "relu6":
-        return "linear", [("ReLU", {"max_value": 6.0, "negative_slope": 0.0, "threshold": 0.0})]
-    if name == "leaky_relu":
-        slope = float(act.get("negative_slope", act.get("alpha", 0.2)))
-        return "linear", [("ReLU", {"max_value": None, "negative_slope": slope,
-                                    "threshold": 0.0})]
-    if name == "elu":
-        alpha = float(act.get("alpha", 1.0))
-        return ("elu", []) if alpha == 1.0 else ("linear", [("ELU", {"alpha": alpha})])
-    if name == "softmax":
-        return "linear", [("Softmax", {"axis": int(act.get("axis", -1))})]
-    if name == "hard_sigmoid":
-        scale = 0.2 if act.get("dialect", "keras2") == "keras2" else 1.0 / 6.0
-        return "linear", [("Rescaling", {"scale": scale, "offset": 0.5}),
-                          ("ReLU", {"max_value": 1.0, "negative_slope": 0.0, "threshold": 0.0})]
-    if name == "gelu" and not act.get("approximate", False):
-        return "gelu", []
-    raise UnsupportedLayerError(
-        f"{describe_layer(node.name, node.keras_class)}: activation {dict(act)} has no "
-        "definition shared by Keras 3 and tf_keras")
+    """An activation as (config string, extra layers after it) valid in Keras 3 and tf_keras
+    (`refdecomp.activations.keras_form`: parametrised activations become layers, hard_sigmoid
+    Rescaling + ReLU(max_value=1) in its dialect)."""
+    form = keras_form(act)
+    if form is None:
+        raise UnsupportedLayerError(
+            f"{describe_layer(node.name, node.keras_class)}: activation {dict(act)} has no "
+            "definition shared by Keras 3 and tf_keras")
+    return form
 
 
 def _chain(extra: list[tuple[str, dict]], last: str, node: Node, namer: _Namer,
@@ -610,10 +581,6 @@ def _chain(extra: list[tuple[str, dict]], last: str, node: Node, namer: _Namer,
         layers.append(lay)
         last = lay.name
     return last
-
-
-def _opt_float(v: Any) -> float | None:
-    return None if v is None else float(v)
 
 
 def _jsonable(v: Any) -> Any:
@@ -665,8 +632,6 @@ def _keras_layer_order(layers: list[_Layer], inputs: list[str], outputs: list[st
 # HDF5 writing
 # --------------------------------------------------------------------------------------------
 def _write_h5(tmp: Path, config: dict, layers: list[_Layer], graph: Graph) -> None:
-    from . import __version__
-
     str_dt = h5py.string_dtype()
     with h5py.File(tmp, "w") as f:
         f.attrs["model_config"] = json.dumps(config)

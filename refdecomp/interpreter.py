@@ -2,14 +2,14 @@
 
 `Model.run` is the one streaming loop: every batch flows through the nodes in order, each
 intermediate is dropped as soon as its last reader has run, and only the requested outputs are
-kept. Convolution, dense, pooling and add run on the Numba kernels in `kernels/` (engine
+kept. Convolution, dense, pooling and add run on the Numba kernels in `refdecomp.kernels` (engine
 "numba", the default); engine "reference" runs the NumPy specification in
 `refdecomp.ops.reference` instead. Both compute the same function.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -35,9 +35,9 @@ class Recorder:
     counts), combined when `seen` / `counts` is read; read them once, not per node.
     """
 
-    def __init__(self, graph: "Graph | Model", n_groups: int, nodes: Iterable[str] | None = None,
+    def __init__(self, graph: Graph | Model, n_groups: int, nodes: Iterable[str] | None = None,
                  *, counts: bool = False):
-        from kernels.epilogue import PerThreadRecord  # noqa: PLC0415
+        from .kernels.epilogue import PerThreadRecord  # noqa: PLC0415
 
         graph = graph.graph if isinstance(graph, Model) else graph
         if int(n_groups) < 1:
@@ -110,7 +110,7 @@ class Model:
         self._audit: Model | None = None
 
     # -- public API ----------------------------------------------------------------------
-    def with_graph(self, graph: Graph) -> "Model":
+    def with_graph(self, graph: Graph) -> Model:
         """A model over a modified graph (same folding and engine)."""
         return Model(graph, fold=self.fold, engine=self.engine)
 
@@ -172,7 +172,7 @@ class Model:
     def _parallel(self):
         """Kernels split batches over worker threads (single-threaded BLAS each)."""
         if self.engine == "numba":
-            from kernels.threads import blas_single_threaded  # noqa: PLC0415
+            from .kernels.threads import blas_single_threaded  # noqa: PLC0415
             return blas_single_threaded()
         return contextlib.nullcontext()
 
@@ -185,7 +185,7 @@ class Model:
                 res[start:stop] = values[name]
 
         if self.engine == "numba":
-            from kernels.threads import parallel_parts  # noqa: PLC0415
+            from .kernels.threads import parallel_parts  # noqa: PLC0415
         else:
             def parallel_parts(fn, start, stop):
                 fn(start, stop)
@@ -221,7 +221,7 @@ class Model:
     def _open_dims(self) -> bool:
         return any(d is None for name in self.graph.inputs for d in self.graph[name].shape)
 
-    def _specialised(self, shapes) -> "Model":
+    def _specialised(self, shapes) -> Model:
         """The same model with its open input dimensions fixed to `shapes` (cached per shape)."""
         from .reader.shapes import with_input_shapes
 

@@ -16,7 +16,7 @@ Definitions (see docs/algorithm.md):
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -202,7 +202,7 @@ def _kept_tensor(graph: Graph, name: str, masks: Mapping[str, np.ndarray]) -> np
 
 
 def _conv_used(node: Node, kin: np.ndarray, kout: np.ndarray) -> np.ndarray:
-    from kernels.windows import source_sink
+    from .windows import source_sink
 
     kernel = node.weights["kernel"]
     kh, kw, cin, cout = kernel.shape

@@ -11,7 +11,7 @@ file with refdecomp, checks both compute the same function, then times, in the s
   a ratio to bit recording measured in the same run.
 
 With `--isa avx2 avx512 native` each instruction set runs in its own subprocess, with Numba
-and TensorFlow's oneDNN held to it (`kernels.isa.ENVIRONMENTS`), on all cores and (unless
+and TensorFlow's oneDNN held to it (`refdecomp.kernels.isa.ENVIRONMENTS`), on all cores and (unless
 `--no-single-thread`) on one, and one table prints the ratios to TensorFlow per ISA, with the
 fraction of the FMA peak refdecomp's predict reaches. The peak is nominal: clock x FMA pipes x
 2 flops x float32 lanes of the ISA x threads (`fma_peak_gflops_per_thread`).
@@ -119,7 +119,7 @@ def fma_peak_gflops_per_thread(isa: str) -> tuple[float, str]:
     """Nominal single-thread float32 FMA peak of this CPU for `isa`, with how it was derived:
     clock (/proc/cpuinfo) x 2 FMA pipes x 2 flops x lanes; AMD Zen 4 (family 25) runs a
     512-bit FMA on both of its 256-bit pipes, so AVX-512 doubles lanes but not throughput."""
-    from kernels.isa import ISAS
+    from refdecomp.kernels.isa import ISAS
 
     mhz, family, vendor = 0.0, "", ""
     try:
@@ -150,10 +150,10 @@ def _set_threads(threads: int | None) -> None:
 
 def child(args) -> int:
     """One ISA and thread count, in this process: results as one JSON line."""
-    from kernels.isa import ISA, TARGET
+    from refdecomp.kernels.isa import ISA, TARGET
 
     _set_threads(args.threads)
-    if args.isa[0] != "native" and ISA != args.isa[0]:
+    if args.isa[0] != "native" and args.isa[0] != ISA:
         print(json.dumps({"error": f"Numba targets {TARGET[0]} here, which gives the {ISA} "
                                    f"variant, not {args.isa[0]}"}))
         return 0
@@ -167,7 +167,7 @@ def child(args) -> int:
 
 def across_isas(args) -> int:
     """Every ISA in `args.isa`, each in a subprocess, all cores and one; one table."""
-    from kernels.isa import ENVIRONMENTS
+    from refdecomp.kernels.isa import ENVIRONMENTS
 
     print(f"ResNet-20 v1, CIFAR-10 shape, {args.images} images, batch {args.batch_size}, "
           f"best of {args.repeats}, {os.cpu_count()} CPU cores; each ISA in its own process")
@@ -203,10 +203,11 @@ def across_isas(args) -> int:
             gf = 2 * r["macs"] / 1e9
             print(f"{isa:8s} {res['cpu']:15s} {res['threads']:3d}  {r['variant']:22s} "
                   f"{r['keras']:9.1f} {r['predict'] / r['keras']:7.2f}x "
-                  f"{r['record'] / r['keras']:7.2f}x  {peak:6.0f}GF {r['predict'] * gf / peak:7.0%}")
-        print(f"{'':8s} FMA peak per thread {res['peak_how']} GFLOP/s; outputs vs Keras: max feature rel. diff "
-              f"{max(r['feature_rel_diff'] for r in res['rows']):.1e}, argmax agreement "
-              f"{min(r['argmax_agree'] for r in res['rows']):.3f}")
+                  f"{r['record'] / r['keras']:7.2f}x  {peak:6.0f}GF "
+                  f"{r['predict'] * gf / peak:7.0%}")
+        print(f"{'':8s} FMA peak per thread {res['peak_how']} GFLOP/s; outputs vs Keras: max "
+              f"feature rel. diff {max(r['feature_rel_diff'] for r in res['rows']):.1e}, "
+              f"argmax agreement {min(r['argmax_agree'] for r in res['rows']):.3f}")
     print("\npredict, record: refdecomp images/s over TensorFlow's in the same process; FMA "
           "peak: nominal, per thread x threads; last column: the share of it refdecomp's "
           "predict reaches")

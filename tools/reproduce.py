@@ -47,9 +47,14 @@ from refdecomp.errors import RefdecompError  # noqa: E402
 from refdecomp.experiments import parse_classes, run_decomposition_settings  # noqa: E402
 from refdecomp.report import markdown_table, set_command, write_report  # noqa: E402
 from refdecomp.scenarios.co2 import Measurement  # noqa: E402
-from refdecomp.scenarios.reuse import (Pick, evaluate_replace, evaluate_reuse,  # noqa: E402
-                                       model_images_per_second,
-                                       replace_table, scenario_data)
+from refdecomp.scenarios.reuse import (  # noqa: E402
+    Pick,
+    evaluate_replace,
+    evaluate_reuse,
+    model_images_per_second,
+    replace_table,
+    scenario_data,
+)
 
 
 def pct(v: float | None) -> str:
@@ -237,8 +242,16 @@ def tradeoff(args) -> tuple[dict, str]:
 
     from refdecomp import observe
     from refdecomp.experiments import as_input
-    from refdecomp.tradeoff import (STRETCH_MACS, TARGET_COST_PP, TARGET_MACS, chosen_setting,
-                                    sweep, time_compact, tradeoff_markdown, tradeoff_report)
+    from refdecomp.tradeoff import (
+        STRETCH_MACS,
+        TARGET_COST_PP,
+        TARGET_MACS,
+        chosen_setting,
+        sweep,
+        time_compact,
+        tradeoff_markdown,
+        tradeoff_report,
+    )
 
     thresholds = _floats(args.thresholds, "--thresholds")
     granularities = [g for g in args.granularities.split(",") if g]
@@ -318,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="table1: model file")
     p.add_argument("--modules", help="module set file (dataset 1 / replace target)")
     p.add_argument("--modules2", help="module set file (dataset 2 / replace donor)")
-    p.add_argument("--data", help="dataset 1"); p.add_argument("--data2", help="dataset 2")
+    p.add_argument("--data", help="dataset 1")
+    p.add_argument("--data2", help="dataset 2")
     p.add_argument("--data-dir")
     p.add_argument("--classes", help="classes of dataset 1, comma-separated")
     p.add_argument("--classes2", help="classes of dataset 2, comma-separated")

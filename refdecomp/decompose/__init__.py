@@ -10,19 +10,34 @@ Concern + Tangling Identification (concern.py, tangling.py), channeling of the h
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import DataError, RefdecompError
 from ..graph import WEIGHTED_OPS
 from .backtrack import MODES, prune_masks
-from .channeling import (CHANNELINGS, DELTA_RULES, DELTA_SCALES, channel_weights,
-                         channeled_graph, check_channeling, delta_removals, delta_threshold,
-                         find_head, head_weights)
+from .channeling import (
+    CHANNELINGS,
+    DELTA_RULES,
+    DELTA_SCALES,
+    channel_weights,
+    channeled_graph,
+    check_channeling,
+    delta_removals,
+    delta_threshold,
+    find_head,
+    head_weights,
+)
 from .concern import GRANULARITIES, activity_masks, check_activity_options, keep_masks
 from .recording import GroupPlan, check_labels, plan_groups
+
+# `import refdecomp` binds this package's functions, so it keeps its top-level imports light:
+# the interpreter, the model loader and `refdecomp.modules` (which imports this package) are
+# imported inside the functions that use them.
 
 __all__ = ["decompose", "observe", "build_modules", "Observation", "BACKTRACK_MODES",
            "DELTA_RULES", "DELTA_SCALES", "CHANNELINGS", "GRANULARITIES"]
@@ -80,7 +95,8 @@ def decompose(model, x, y, *, backtrack: str = "last_conv", delta: float = 0.5,
     `granularity="channel"`, a whole conv2d filter / dense unit) only when it was active on at
     least a fraction t of the images the module observed; 0 is the paper's rule (see
     `build_modules`). `max_per_class` E: each module observes at most E seeded images of its
-    own class (tangling counts follow). Returns a `refdecomp.modules.ModuleSet` with `ms[c]` the module of class c.
+    own class (tangling counts follow). Returns a `refdecomp.modules.ModuleSet` with `ms[c]`
+    the module of class c.
 
     The same as `build_modules(model, observe(model, x, y, ...), ...)`.
     """
@@ -171,8 +187,6 @@ def _check_finite(x, chunk: int = 4096) -> None:
 def _warn_degenerate(plan, n_classes: int) -> None:
     """Say which modules would be built from no image of their own class, or from no image at
     all: their masks then keep nothing, or only what other classes activate."""
-    import warnings
-
     absent = [c for c in range(n_classes) if plan.class_counts[c] == 0]
     blind = [c for c in range(n_classes) if not plan.observed(c).any()]
     if blind:
@@ -291,7 +305,7 @@ def _as_model(model):
     if isinstance(model, Model):
         return model
     if isinstance(model, (str, os.PathLike)):
-        from .. import load_model
+        from ..loading import load_model
 
         return load_model(model)
     raise RefdecompError(f"argument model: expected a refdecomp Model or a model file path, got "

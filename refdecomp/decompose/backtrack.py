@@ -11,11 +11,11 @@ paper's "remove nodes that only feed removed nodes", extended to every op of the
 Modes: "last_conv" (MC-BLN): conv2d layers are barriers (all their inputs stay live), so the
 pass runs through the dense head, flatten / pooling / add layers back to the last convolutions.
 "input" (MC-BI): the pass also goes through convolutions (via the sliding-window source/sink
-maps of `kernels.windows.source_sink`) down to the model input.
+maps of `refdecomp.windows.source_sink`) down to the model input.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -141,7 +141,7 @@ def _through_windows(node: Node, out: np.ndarray, in_shape: tuple[int, ...],
     Input (p, cin) is live when some live output (q, cout) with q among the sinks of p reads it
     through a tap whose weight W[tap, cin, cout] is nonzero (pooling: cout = cin).
     """
-    from kernels.windows import source_sink
+    from ..windows import source_sink
 
     cf = node.attrs.get("data_format") == "channels_first"
     if cf:

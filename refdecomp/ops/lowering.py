@@ -1,4 +1,4 @@
-"""Bind graph nodes to the Numba kernels in `kernels/`.
+"""Bind graph nodes to the Numba kernels in `refdecomp.kernels`.
 
 `lower(graph)` returns `{node name: fn(inputs, mask, seen, groups) -> output}` for the nodes the
 kernels handle (conv2d, dense, max/avg pooling, same-shape add); every other node runs on the
@@ -7,17 +7,17 @@ are handled here, so the kernels only ever see NHWC arrays and activation codes.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from kernels.add import add as add_kernel
-from kernels.conv import Conv2D
-from kernels.dense import Dense
-from kernels.epilogue import PerThreadRecord, activation_code
-from kernels.pool import pool2d
-
+from ..activations import activation_code
 from ..graph import Graph, Node
+from ..kernels.add import add as add_kernel
+from ..kernels.conv import Conv2D
+from ..kernels.dense import Dense
+from ..kernels.epilogue import PerThreadRecord
+from ..kernels.pool import pool2d
 from . import reference as ref
 
 NO_MASK = np.empty(0, np.uint8)
