@@ -45,7 +45,7 @@ def depthwise_conv2d(x, kernel, bias=None, strides=(1, 1), padding="valid", dila
         for a in range(2))
     xp = np.pad(xh.astype(np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     acc = np.zeros((xh.shape[0], oh, ow, cin, mult))
-    for i in range(kh):
+    for i in range(kh if oh and ow else 0):        # no window fits: an empty output
         for j in range(kw):
             r0, c0 = i * dilation[0], j * dilation[1]
             window = xp[:, r0:r0 + (oh - 1) * strides[0] + 1:strides[0],
