@@ -110,6 +110,19 @@ def test_output_channel_order_is_channel_times_multiplier_plus_m():
     assert kern(x, NO_MASK, 0, 0, NO_SEEN, 0, 0, NO_GROUPS).reshape(-1).tolist() == want
 
 
+@pytest.mark.parametrize("w, cin, mult, strides, dilation", [
+    (300, 3, 1, (1, 1), (1, 1)), (301, 3, 2, (2, 3), (1, 1)), (97, 50, 3, (1, 2), (1, 2)),
+    (41, 520, 1, (1, 1), (2, 1))])
+def test_wide_rows_split_into_runs(w, cin, mult, strides, dilation):
+    """Rows longer than one run of pixels (`RUN_FLOATS`), with a shorter last run, and runs
+    of a single pixel (more channels than a run holds)."""
+    c = dict(n=2, h=5, w=w, cin=cin, mult=mult, kernel=(3, 3), strides=strides,
+             dilation=dilation, padding="same", bias=True, act={"name": "linear"}, seed=w)
+    _, x, k, b, kern = _setup(c)
+    np.testing.assert_allclose(kern(x, NO_MASK, 0, 0, NO_SEEN, 0, 0, NO_GROUPS),
+                               _reference(c, x, k, b), rtol=1e-4, atol=1e-4)
+
+
 def test_no_output_position_and_wrong_channel_count():
     k = np.ones((3, 3, 2, 1), np.float32)
     kern = DepthwiseConv2D(k, None, (1, 1), "valid", (1, 1), activation_code({"name": "relu"}))
