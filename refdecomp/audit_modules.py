@@ -36,7 +36,7 @@ import numpy as np
 
 from . import metrics
 from .errors import DataError, ModelFormatError, RefdecompError, describe_layer
-from .graph import WEIGHTED_OPS, Graph, Node
+from .graph import Graph, Node
 
 #: Ops a unit's value passes through unchanged in its channel on the way to the next weighted
 #: layer (the "outgoing weights" of a unit are the consumers' kernel entries reading it).
@@ -148,7 +148,7 @@ def _strip_node_masks(path: str, out: Path) -> tuple[str, dict[str, np.ndarray]]
 def _weighted_producer(graph: Graph, name: str) -> Node:
     """The conv2d / dense node whose value `name` carries (through element-wise layers)."""
     node = graph[name]
-    while node.op not in WEIGHTED_OPS:
+    while not node.weighted:
         if node.op not in ("activation", "identity") or len(node.inputs) != 1:
             raise ModelFormatError(f"{graph.source}: a NodeMask layer follows "
                                    f"{describe_layer(node.name, node.keras_class)}, not a "
@@ -265,7 +265,7 @@ def _outgoing_readers(graph: Graph, node: Node) -> list[tuple[str, np.ndarray, b
             return None
         for reader in consumers[name]:
             r = graph[reader]
-            if r.op in WEIGHTED_OPS:
+            if r.weighted:
                 found.append((reader, _rows_of(r, units), alone))
             elif r.op in _CHANNEL_PRESERVING:
                 keeps = (r.op in ("identity", "max_pool2d", "avg_pool2d", "zero_pad2d")
@@ -329,7 +329,7 @@ def cut_units(graph: Graph, weights: Mapping[str, Mapping[str, np.ndarray]],
     entry and the bias are 0; cut out = every kernel entry of the layers reading the unit is 0.
     `dead_rows`: the readers' input rows that carry only cut-in units whose output is 0."""
     out = {}
-    for node in graph.nodes_of(WEIGHTED_OPS):
+    for node in graph.weighted_nodes():
         if node.name in exclude:
             continue
         w = weights[node.name]
@@ -369,7 +369,7 @@ def live_nonzero(graph: Graph, weights: Mapping[str, Mapping[str, np.ndarray]],
     out = {}
     for node in _weighted(graph):
         w = weights[node.name]
-        if node.op not in WEIGHTED_OPS:
+        if not node.weighted:
             out[node.name] = int(sum(int((np.asarray(a) != 0).sum()) for a in w.values()))
             continue
         kernel = np.asarray(w["kernel"])
@@ -398,7 +398,7 @@ def unit_activity(model, x: np.ndarray, y: np.ndarray, n_classes: int, batch_siz
     image of the class made that node > 0})."""
     from .interpreter import Recorder, _progress
 
-    names = [n.name for n in model.graph.nodes_of(WEIGHTED_OPS)]
+    names = [n.name for n in model.graph.weighted_nodes()]
     counts = {m: np.zeros((n_classes, model.graph[m].shape[_unit_axis(model.graph[m])]),
                           np.int64) for m in names}
     seen_by_class = {m: np.zeros((n_classes, *model.graph[m].shape), bool) for m in names}
@@ -686,7 +686,7 @@ def _audit_one(model, mod: ModuleFile, x, y, model_z, counts, seen_by_class, cla
     entry["layers"] = layers
 
     # units cut off, and the removal rule against the model's activity
-    hidden = [n for n in mod.graph.nodes_of(WEIGHTED_OPS) if n.name != mod_head.name]
+    hidden = [n for n in mod.graph.weighted_nodes() if n.name != mod_head.name]
     cut = cut_units(mod.graph, weights, frozenset({mod_head.name}))
     model_cut = {}
     if reference is not None:
@@ -762,7 +762,7 @@ def _audit_one(model, mod: ModuleFile, x, y, model_z, counts, seen_by_class, cla
 
     # sizes and Jaccard indices with the model
     kernels = np.concatenate([np.asarray(weights[n.name]["kernel"], np.float32).ravel()
-                              for n in mod.graph.nodes_of(WEIGHTED_OPS)])
+                              for n in mod.graph.weighted_nodes()])
     model_kernels = metrics.model_kernels(model.graph if reference is None else reference)
     nz_mod = int(sum(int((np.asarray(a) != 0).sum()) for w in weights.values()
                      for a in w.values()))

@@ -32,7 +32,6 @@ import numpy as np
 from numba import njit
 
 from .errors import DataError, RefdecompError
-from .graph import WEIGHTED_OPS
 
 #: default images per batch (the features of every module are held per batch)
 DEFAULT_BATCH = 256
@@ -148,7 +147,7 @@ class Composer:
         g = self.model.graph
         out = []
         for name, mask in module.masks.items():
-            if name not in g or g[name].op not in WEIGHTED_OPS:
+            if name not in g or not g[name].weighted:
                 raise DataError(f"compose: module mask for {name!r}: not a conv2d / dense node "
                                 f"of the model's execution graph")
             mask = np.asarray(mask)

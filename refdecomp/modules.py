@@ -23,7 +23,7 @@ import numpy as np
 
 from . import metrics
 from .errors import DataError, ModuleFileError, RefdecompError
-from .graph import WEIGHTED_OPS, Graph
+from .graph import Graph
 
 FORMAT = "refdecomp-modules"
 #: 2: a module's `channeling` ("mean" | "logsumexp"; a "logsumexp" head is N wide).
@@ -602,7 +602,7 @@ def _read_bitmaps(group, graph: Graph, where: str) -> dict[str, np.ndarray]:
         if not isinstance(d, h5py.Dataset):
             raise ModuleFileError(f"{where}: {d.name!r} is not a dataset")
         node = text(d.attrs["node"], where, "a mask's node name") if "node" in d.attrs else ""
-        if node not in graph or graph[node].op not in WEIGHTED_OPS:
+        if node not in graph or not graph[node].weighted:
             raise ModuleFileError(f"{where}: mask for {node!r}, which is not a conv2d / dense "
                                   f"node of the model")
         want = tuple(graph[node].shape)

@@ -1,8 +1,8 @@
 """Bind graph nodes to the Numba kernels in `kernels/`.
 
-`lower(graph)` returns `{node name: fn(inputs, mask, seen, groups) -> output}` for the nodes the
-kernels handle (conv2d, dense, max/avg pooling, same-shape add); every other node runs on the
-reference ops. Layout conversions (channels_first) and activations the kernels do not implement
+`lower(graph)` returns `{node name: fn(inputs, mask, seen, groups) -> output}` for the nodes
+whose op's spec names a lowering in `LOWERINGS` (conv2d, dense, max/avg pooling, same-shape
+add); every other node runs on the reference ops. Layout conversions (channels_first) and activations the kernels do not implement
 are handled here, so the kernels only ever see NHWC arrays and activation codes.
 """
 from __future__ import annotations
@@ -91,16 +91,17 @@ def _dense(node: Node) -> Fn:
     return dense
 
 
-def _pool(node: Node) -> Fn:
-    a = node.attrs
-    cf = a.get("data_format") == "channels_first"
-    is_max = node.op == "max_pool2d"
+def _pool(is_max: bool) -> Callable[[Node], Fn]:
+    def lower_pool(node: Node) -> Fn:
+        a = node.attrs
+        cf = a.get("data_format") == "channels_first"
 
-    def pool(inputs, mask, seen, groups):
-        x = ref.to_nhwc(inputs[0], "channels_first" if cf else "channels_last")
-        y = pool2d(x, tuple(a["pool"]), tuple(a["strides"]), a["padding"], is_max)
-        return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if cf else y
-    return pool
+        def pool(inputs, mask, seen, groups):
+            x = ref.to_nhwc(inputs[0], "channels_first" if cf else "channels_last")
+            y = pool2d(x, tuple(a["pool"]), tuple(a["strides"]), a["padding"], is_max)
+            return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if cf else y
+        return pool
+    return lower_pool
 
 
 def _add(node: Node, act: Node | None = None) -> Fn:
@@ -116,13 +117,15 @@ def _add(node: Node, act: Node | None = None) -> Fn:
     return add
 
 
-_LOWER = {"conv2d": _conv, "dense": _dense, "max_pool2d": _pool, "avg_pool2d": _pool,
-          "add": _add}
+#: The lowerings an op's spec may name (`OpSpec.lowering`).
+LOWERINGS: dict[str, Callable[[Node], Fn]] = {
+    "conv": _conv, "dense": _dense, "max_pool": _pool(True), "avg_pool": _pool(False),
+    "add": _add}
 
 
 def lower(graph: Graph) -> dict[str, Fn]:
-    """Kernel-backed implementations of the graph's conv, dense, pooling and add nodes."""
-    return {n.name: _LOWER[n.op](n) for n in graph if n.op in _LOWER}
+    """Kernel-backed implementations of the graph's nodes whose op names a lowering."""
+    return {n.name: LOWERINGS[n.spec.lowering](n) for n in graph if n.spec.lowering}
 
 
 def add_activation_pairs(graph: Graph) -> dict[str, tuple[str, Fn]]:
@@ -132,7 +135,7 @@ def add_activation_pairs(graph: Graph) -> dict[str, tuple[str, Fn]]:
     itself is unchanged (module files and exports see the same nodes)."""
     consumers = graph.consumers()
     pairs = {}
-    for node in graph.nodes_of(("add",)):
+    for node in (n for n in graph if n.spec.lowering == "add"):
         readers = consumers[node.name]
         if len(readers) != 1 or node.name in graph.outputs:
             continue
