@@ -1,4 +1,5 @@
-"""`python -m kernels`: the CPU Numba compiles for and the micro-kernel variant chosen for it."""
+"""`python -m refdecomp.kernels`: the CPU Numba compiles for and the micro-kernel variant chosen
+for it."""
 from .isa import describe
 
 print(describe())

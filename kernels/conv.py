@@ -1,7 +1,7 @@
 """2-D convolution (NHWC, float32) as a register-blocked direct convolution: no im2col copy
 and no BLAS. Per chunk of images the input is copied once, zero-padded and laid out (row,
 channel, column) so that a block of adjacent output pixels reads adjacent floats; the generated micro-kernels of kernels/microkernels_<isa>.py (the variant
-`kernels.isa` chose for Numba's target CPU) compute the linear output block by block of channels, and the fused epilogue adds bias, records, activates and masks
+`refdecomp.kernels.isa` chose for Numba's target CPU) compute the linear output block by block of channels, and the fused epilogue adds bias, records, activates and masks
 while the chunk is still in cache."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .isa import ISA
 from .jit import compile_vectorized
 from .microkernel_source import TILES, kernel_name
 from .threads import parallel_blocks
-from .windows import geometry
+from ..windows import geometry
 
 #: target size in floats of one chunk of linear output (images * positions * channels): 1 MB,
 #: an L2 cache, so the epilogue reads what the kernel has just written; fewer, larger chunks

@@ -6,7 +6,7 @@ tile sized for 32 AVX-512 registers spills on a target with 16 AVX2 registers, a
 for AVX2 leaves half of AVX-512 idle. Every variant computes the same function on any CPU;
 only its speed depends on the match.
 
-    python -m kernels        # prints the target, the chosen variant and its tiles
+    python -m refdecomp.kernels   # prints the target, the chosen variant and its tiles
 
 `ENVIRONMENTS` holds the settings that make Numba (and TensorFlow's oneDNN, for benchmarks)
 generate code for an instruction set on a CPU that has at least that one.
@@ -102,7 +102,7 @@ def describe() -> str:
             f"micro-kernel variant: {ISA}: {isa.description}\n"
             f"register tiles (channels x pixels): {tiles}; row-end pixel blocks "
             f"{', '.join(str(t) for t in TAILS)}\n"
-            f"kernel module: kernels/microkernels_{ISA}.py")
+            f"kernel module: {__package__}.microkernels_{ISA}")
 
 
 TARGET = numba_target()

@@ -7,7 +7,7 @@ from numba import njit
 
 from .threads import parallel_blocks
 
-from .windows import geometry
+from ..windows import geometry
 
 
 @njit(nogil=True, cache=True)

@@ -7,6 +7,15 @@ Pan & Rajan, "Decomposing Convolutional Neural Networks into Reusable and Replac
 """
 from __future__ import annotations
 
+import importlib.util
+
+if importlib.util.find_spec(f"{__name__}.kernels") is None:
+    # A checkout's kernels/ folder becomes refdecomp.kernels only through installation.
+    raise ImportError(
+        "refdecomp is not installed: its Numba kernels (the kernels/ folder of a checkout) are "
+        "installed as refdecomp.kernels; install the checkout first (pip install -e . or "
+        "bash tools/bootstrap.sh)")
+
 from .errors import (
     DataError,
     InternalError,

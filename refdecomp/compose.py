@@ -142,7 +142,7 @@ class Composer:
 
     def _masked_nodes(self, module, ancestors) -> list[MaskedNode]:
         """The module's masked nodes that can reach the head input, in execution order."""
-        from kernels.epilogue import activation_code
+        from .kernels.epilogue import activation_code
 
         g = self.model.graph
         out = []
@@ -209,7 +209,7 @@ class Composer:
 
         with model._parallel():
             if model.engine == "numba":
-                from kernels.threads import parallel_parts  # noqa: PLC0415
+                from .kernels.threads import parallel_parts  # noqa: PLC0415
                 parallel_parts(part, 0, b)
             else:
                 part(0, b)

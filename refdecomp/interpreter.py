@@ -2,7 +2,7 @@
 
 `Model.run` is the one streaming loop: every batch flows through the nodes in order, each
 intermediate is dropped as soon as its last reader has run, and only the requested outputs are
-kept. Convolution, dense, pooling and add run on the Numba kernels in `kernels/` (engine
+kept. Convolution, dense, pooling and add run on the Numba kernels in `refdecomp.kernels` (engine
 "numba", the default); engine "reference" runs the NumPy specification in
 `refdecomp.ops.reference` instead. Both compute the same function.
 """
@@ -35,7 +35,7 @@ class Recorder:
 
     def __init__(self, graph: "Graph | Model", n_groups: int, nodes: Iterable[str] | None = None,
                  *, counts: bool = False):
-        from kernels.epilogue import PerThreadCounts  # noqa: PLC0415
+        from .kernels.epilogue import PerThreadCounts  # noqa: PLC0415
 
         graph = graph.graph if isinstance(graph, Model) else graph
         if int(n_groups) < 1:
@@ -172,7 +172,7 @@ class Model:
     def _parallel(self):
         """Kernels split batches over worker threads (single-threaded BLAS each)."""
         if self.engine == "numba":
-            from kernels.threads import blas_single_threaded  # noqa: PLC0415
+            from .kernels.threads import blas_single_threaded  # noqa: PLC0415
             return blas_single_threaded()
         return contextlib.nullcontext()
 
@@ -185,7 +185,7 @@ class Model:
                 res[start:stop] = values[name]
 
         if self.engine == "numba":
-            from kernels.threads import parallel_parts  # noqa: PLC0415
+            from .kernels.threads import parallel_parts  # noqa: PLC0415
         else:
             def parallel_parts(fn, start, stop):
                 fn(start, stop)

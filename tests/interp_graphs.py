@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.windows import geometry
+from refdecomp.windows import geometry
 from refdecomp.graph import Graph, Node
 
 LINEAR = {"name": "linear"}

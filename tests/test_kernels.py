@@ -1,6 +1,7 @@
 """Numba kernels against the NumPy reference ops and brute-force loops (hypothesis on shapes)."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -15,12 +16,12 @@ from hypothesis import strategies as st
 from interp_graphs import brute_conv, brute_pool, conv_node, dense_node, single
 from numba import njit
 
-from kernels import isa, microkernel_source
-from kernels.add import add as add_kernel
-from kernels.conv import SIGNATURE, channel_blocks, microkernels
-from kernels.jit import compile_vectorized
-from kernels.epilogue import activation_code, apply_activation
-from kernels.pool import pool2d
+from refdecomp.kernels import isa, microkernel_source
+from refdecomp.kernels.add import add as add_kernel
+from refdecomp.kernels.conv import SIGNATURE, channel_blocks, microkernels
+from refdecomp.kernels.jit import compile_vectorized
+from refdecomp.kernels.epilogue import activation_code, apply_activation
+from refdecomp.kernels.pool import pool2d
 from refdecomp.graph import Node
 from refdecomp.interpreter import Model, Recorder
 from refdecomp.ops import reference as ref
@@ -258,7 +259,7 @@ def test_epilogue_flat_and_strided_layouts_agree_with_numpy(n, positions, channe
                                                             recorded, seed):
     """The epilogue's contiguous (channels-last) fast path and its strided path give the same
     outputs and bit maps as a NumPy formulation, for blocks that do and do not divide evenly."""
-    from kernels.epilogue import _epilogue_rows, epilogue
+    from refdecomp.kernels.epilogue import _epilogue_rows, epilogue
     rng = np.random.default_rng(seed)
     y = rng.standard_normal((n * positions, channels)).astype(np.float32)
     bias = rng.standard_normal(channels).astype(np.float32)
@@ -297,7 +298,7 @@ def test_channel_blocks_cover_every_channel_once(variant, cout, blocks):
 @pytest.mark.parametrize("variant", sorted(microkernel_source.TILES))
 def test_generated_microkernels_are_current(variant):
     """kernels/microkernels_<isa>.py is exactly what its generator writes (regenerate with
-    `python -m kernels.microkernel_source`)."""
+    `python -m refdecomp.kernels.microkernel_source`)."""
     assert microkernel_source.target(variant).read_text() == microkernel_source.render(variant)
 
 
@@ -317,7 +318,7 @@ def test_chosen_variant_is_the_one_loaded():
     """The kernels in use are the chosen variant's module, itself chosen from Numba's
     target (so Numba's cache, keyed by file and target CPU, never serves another's code)."""
     assert isa.ISA == isa.choose(*isa.numba_target())
-    assert microkernels.__name__ == f"kernels.microkernels_{isa.ISA}"
+    assert microkernels.__name__ == f"refdecomp.kernels.microkernels_{isa.ISA}"
     assert f"variant: {isa.ISA}" in isa.describe()
 
 
@@ -371,3 +372,31 @@ def test_kernels_of_other_variants(variant):
         env=env, capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "failed" not in run.stdout
+
+
+#: Runs in a child process: one add through the cached kernels, then what Numba's cache did.
+_CACHE_CHILD = """
+import json, numpy as np
+from refdecomp.kernels import add
+x = np.arange(8, dtype=np.float32)
+np.testing.assert_array_equal(add.add([x, -x], (1, float("inf"), 0.0, 0.0)), 0 * x)
+print(json.dumps({"module": add._add2.py_func.__module__,
+                  "hits": len(add._add2.stats.cache_hits),
+                  "misses": len(add._add2.stats.cache_misses)}))
+"""
+
+
+def test_numba_disk_cache_serves_the_installed_kernels(tmp_path):
+    """`cache=True` works under the installed name refdecomp.kernels: a first process compiles
+    and writes the cache, a second one loads the machine code from it without compiling."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    runs = []
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", _CACHE_CHILD], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    assert runs[0]["module"] == "refdecomp.kernels.add"
+    assert runs[0]["misses"] >= 1 and runs[0]["hits"] == 0
+    assert runs[1]["misses"] == 0 and runs[1]["hits"] >= 1
+    assert list((tmp_path / "cache").rglob("add._add2-*.nbi")), "no cache index written"

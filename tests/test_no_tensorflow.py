@@ -1,4 +1,5 @@
-"""refdecomp runs without TensorFlow or Keras: nothing under refdecomp/ or kernels/ imports them.
+"""refdecomp runs without TensorFlow or Keras: nothing under refdecomp/ or kernels/ (installed as
+refdecomp.kernels) imports them.
 
 The run-time check loads and runs models in a fresh interpreter that records every import
 attempt: TensorFlow, Keras and tf_keras must neither be attempted (not even inside a
@@ -21,8 +22,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 FORBIDDEN = ("tensorflow", "keras", "tf_keras")
 
-# Runs in the child: record import attempts, import every refdecomp / kernels module, load each
-# model given on the command line, predict, and report what was imported.
+# Runs in the child: record import attempts, import every refdecomp module (kernels included),
+# load each model given on the command line, predict, and report what was imported.
 CHILD = r"""
 import importlib, importlib.abc, json, pkgutil, sys
 FORBIDDEN = {forbidden!r}
@@ -37,9 +38,10 @@ class Recorder(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Recorder())
 
 import numpy as np
-import refdecomp, kernels
+import refdecomp, refdecomp.kernels
 failed = {{}}
-for pkg in (refdecomp, kernels):
+# refdecomp.kernels lives in its own folder (kernels/ of the checkout), so it is walked apart
+for pkg in (refdecomp, refdecomp.kernels):
     for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
         if info.name.endswith("__main__"):
             continue

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from interp_graphs import brute_conv
-from kernels.windows import out_size_and_pads, sink_source, source_sink
+from refdecomp.windows import out_size_and_pads, sink_source, source_sink
 
 cases = st.fixed_dictionaries({
     "hw": st.tuples(st.integers(1, 9), st.integers(1, 9)),
@@ -90,3 +90,22 @@ def test_same_padding_extra_cell_bottom_right():
     assert out_size_and_pads(6, 3, 2, "same") == (3, 0, 1)
     assert out_size_and_pads(7, 3, 2, "same") == (4, 1, 1)
     assert out_size_and_pads(7, 3, 2, "valid") == (3, 0, 0)
+
+
+def test_reference_ops_do_not_import_the_kernels():
+    """The NumPy specification stands alone: refdecomp/ops/reference.py (and the window
+    geometry it shares with the kernels) import nothing from refdecomp.kernels."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "refdecomp"
+    for path in (root / "ops" / "reference.py", root / "windows.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any("kernels" in n.split(".") for n in names), \
+                f"{path.name}:{node.lineno} imports {names}"

@@ -68,9 +68,9 @@ class Stack:
     """The Keras model's layers as refdecomp kernels: (name, kind, kernel, input, shortcut)."""
 
     def __init__(self, kmodel):
-        from kernels.conv import Conv2D
-        from kernels.depthwise import DepthwiseConv2D
-        from kernels.epilogue import activation_code
+        from refdecomp.kernels.conv import Conv2D
+        from refdecomp.kernels.depthwise import DepthwiseConv2D
+        from refdecomp.kernels.epilogue import activation_code
 
         self.steps = []
         for layer in kmodel.layers:
@@ -90,7 +90,7 @@ class Stack:
         """The stack on one part of images; `seen` {layer: (groups, size) bits} records."""
         import time
 
-        from kernels.add import add
+        from refdecomp.kernels.add import add
 
         no_seen, no_groups = np.empty((0, 0), np.uint8), np.empty(0, np.int32)
         block, block_in = None, x
@@ -123,8 +123,8 @@ def main(argv=None) -> int:
 
     import keras
 
-    from kernels.isa import ISA
-    from kernels.threads import blas_single_threaded, parallel_parts
+    from refdecomp.kernels.isa import ISA
+    from refdecomp.kernels.threads import blas_single_threaded, parallel_parts
 
     kmodel = build_keras(args.seed)
     stack = Stack(kmodel)

@@ -1,8 +1,8 @@
 """Time the fused conv / dense epilogue alone: no recording, recording bits, recording counts.
 
-The epilogue (`kernels.epilogue.epilogue`) adds the bias, records "value > 0" per group,
+The epilogue (`refdecomp.kernels.epilogue.epilogue`) adds the bias, records "value > 0" per group,
 activates and masks. This isolates what recording costs there, per instruction set: each ISA
-runs in its own process with Numba held to it (`kernels.isa.ENVIRONMENTS`), as in
+runs in its own process with Numba held to it (`refdecomp.kernels.isa.ENVIRONMENTS`), as in
 tools/bench_forward.py. The bit maps are those of a pass in its steady state (the same block
 recorded again, so most bits are already set), which is most of a real recording pass.
 
@@ -22,8 +22,8 @@ import numpy as np
 
 def time_one_isa(images: int, positions: int, channels: int, repeats: int) -> None:
     """Best-of-`repeats` time of the epilogue (plain ReLU) on (images * positions, channels)."""
-    from kernels.epilogue import activation_code, epilogue
-    from kernels.isa import ISA
+    from refdecomp.kernels.epilogue import activation_code, epilogue
+    from refdecomp.kernels.isa import ISA
 
     rows = images * positions
     y0 = np.random.default_rng(0).standard_normal((rows, channels)).astype(np.float32)
@@ -57,7 +57,7 @@ def main() -> None:
     if not args.isa:
         time_one_isa(args.images, args.positions, args.channels, args.repeats)
         return
-    from kernels.isa import ENVIRONMENTS
+    from refdecomp.kernels.isa import ENVIRONMENTS
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for isa in args.isa:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU_")}

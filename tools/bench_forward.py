@@ -11,7 +11,7 @@ file with refdecomp, checks both compute the same function, then times, in the s
   a ratio to bit recording measured in the same run.
 
 With `--isa avx2 avx512 native` each instruction set runs in its own subprocess, with Numba
-and TensorFlow's oneDNN held to it (`kernels.isa.ENVIRONMENTS`), on all cores and (unless
+and TensorFlow's oneDNN held to it (`refdecomp.kernels.isa.ENVIRONMENTS`), on all cores and (unless
 `--no-single-thread`) on one, and one table prints the ratios to TensorFlow per ISA, with the
 fraction of the FMA peak refdecomp's predict reaches. The peak is nominal: clock x FMA pipes x
 2 flops x float32 lanes of the ISA x threads (`fma_peak_gflops_per_thread`).
@@ -119,7 +119,7 @@ def fma_peak_gflops_per_thread(isa: str) -> tuple[float, str]:
     """Nominal single-thread float32 FMA peak of this CPU for `isa`, with how it was derived:
     clock (/proc/cpuinfo) x 2 FMA pipes x 2 flops x lanes; AMD Zen 4 (family 25) runs a
     512-bit FMA on both of its 256-bit pipes, so AVX-512 doubles lanes but not throughput."""
-    from kernels.isa import ISAS
+    from refdecomp.kernels.isa import ISAS
 
     mhz, family, vendor = 0.0, "", ""
     try:
@@ -150,7 +150,7 @@ def _set_threads(threads: int | None) -> None:
 
 def child(args) -> int:
     """One ISA and thread count, in this process: results as one JSON line."""
-    from kernels.isa import ISA, TARGET
+    from refdecomp.kernels.isa import ISA, TARGET
 
     _set_threads(args.threads)
     if args.isa[0] != "native" and ISA != args.isa[0]:
@@ -167,7 +167,7 @@ def child(args) -> int:
 
 def across_isas(args) -> int:
     """Every ISA in `args.isa`, each in a subprocess, all cores and one; one table."""
-    from kernels.isa import ENVIRONMENTS
+    from refdecomp.kernels.isa import ENVIRONMENTS
 
     print(f"ResNet-20 v1, CIFAR-10 shape, {args.images} images, batch {args.batch_size}, "
           f"best of {args.repeats}, {os.cpu_count()} CPU cores; each ISA in its own process")

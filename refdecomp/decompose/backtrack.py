@@ -13,7 +13,7 @@ Each op's rule is its `OpSpec.liveness` (`refdecomp/ops/defs/`).
 Modes: "last_conv" (MC-BLN): convolutions are barriers (all their inputs stay live), so the
 pass runs through the dense head, flatten / pooling / add layers back to the last convolutions.
 "input" (MC-BI): the pass also goes through convolutions (via the sliding-window source/sink
-maps of `kernels.windows.source_sink`) down to the model input.
+maps of `refdecomp.windows.source_sink`) down to the model input.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ and it is tested against Keras. Keras semantics:
   activation comes after both. As a graph: a depthwise node followed by a plain 1x1 conv2d node,
   so recording and masks apply to the pointwise output (and, if wanted, to the depthwise one).
 * `valid` keeps the windows that fit; `same` gives ceil(size / stride) outputs and pads the
-  shortfall with the extra cell at the bottom / right (as `kernels.windows`, restated here so
+  shortfall with the extra cell at the bottom / right (as `refdecomp.windows`, restated here so
   that this file depends on nothing it is meant to check).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Bind graph nodes to the Numba kernels in `kernels/`.
+"""Bind graph nodes to the Numba kernels in `refdecomp.kernels`.
 
 `lower(graph)` returns `{node name: fn(inputs, mask, seen, groups) -> output}` for the nodes
 whose op's spec names a lowering in `LOWERINGS` (conv2d, dense, max/avg pooling, same-shape
@@ -11,11 +11,11 @@ from typing import Callable
 
 import numpy as np
 
-from kernels.add import add as add_kernel
-from kernels.conv import Conv2D
-from kernels.dense import Dense
-from kernels.epilogue import PerThreadCounts, activation_code
-from kernels.pool import pool2d
+from ..kernels.add import add as add_kernel
+from ..kernels.conv import Conv2D
+from ..kernels.dense import Dense
+from ..kernels.epilogue import PerThreadCounts, activation_code
+from ..kernels.pool import pool2d
 
 from ..graph import Graph, Node
 from . import reference as ref

@@ -1,7 +1,7 @@
 """NumPy executable specification of the ops in `refdecomp/ops/defs/` (their `reference` rules).
 
 Each op is a short function `op(node, inputs) -> array` over batched arrays (batch axis first),
-written for clarity, not speed: the Numba kernels in `kernels/` are tested against these.
+written for clarity, not speed: the Numba kernels in `refdecomp.kernels` are tested against these.
 Semantics follow Keras exactly (see the notes on each function).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kernels.windows import geometry
+from ..windows import geometry
 
 from ..errors import RefdecompError, UnsupportedLayerError, describe_layer
 from ..graph import Node

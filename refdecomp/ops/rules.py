@@ -6,7 +6,7 @@ from typing import Callable
 
 import numpy as np
 
-from kernels.windows import source_sink
+from ..windows import source_sink
 
 
 def channels_first(node) -> bool:
@@ -15,7 +15,7 @@ def channels_first(node) -> bool:
 
 def window_sources(node, in_hw: tuple[int, int], kernel_hw) -> np.ndarray:
     """(OH*OW, KH*KW) flat input position each tap of each output position reads, -1 on
-    padding (`kernels.windows.source_sink`)."""
+    padding (`refdecomp.windows.source_sink`)."""
     return source_sink(in_hw, tuple(kernel_hw), node.attrs["strides"], node.attrs["padding"],
                        node.attrs.get("dilation", (1, 1)))
 
