@@ -26,7 +26,7 @@ from numba import njit
 
 from .epilogue import epilogue, recording_target
 from .threads import parallel_blocks
-from .windows import geometry
+from ..windows import geometry
 
 #: target size in floats of one chunk of output (images * positions * channels), as in
 #: kernels.conv: an L2 cache, so the epilogue reads what the kernel has just written

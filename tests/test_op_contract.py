@@ -53,6 +53,21 @@ EXAMPLES = {
                     "activation": {"name": "tanh"}, "data_format": "channels_last"},
                    {"kernel": _sparse(r, 3, 3, 2, 2), "bias": _w(r, 2)}, [(7, 7, 2)]),
     ],
+    "depthwise_conv2d": [
+        lambda r: ({"strides": (1, 1), "padding": "same", "dilation": (1, 1), "activation": RELU6,
+                    "data_format": "channels_last"},
+                   {"kernel": _sparse(r, 3, 3, 3, 2), "bias": _w(r, 6)}, [(5, 6, 3)]),
+        lambda r: ({"strides": (2, 2), "padding": "valid", "dilation": (1, 1),
+                    "activation": {"name": "linear"}, "data_format": "channels_first"},
+                   {"kernel": _sparse(r, 3, 2, 4, 1)}, [(4, 7, 6)]),
+        lambda r: ({"strides": (1, 1), "padding": "same", "dilation": (2, 1),
+                    "activation": {"name": "relu6"}, "data_format": "channels_last"},
+                   {"kernel": _sparse(r, 3, 3, 2, 3), "bias": _w(r, 6)}, [(6, 5, 2)]),
+    ],
+    "upsample2d": [
+        lambda r: ({"size": (2, 3), "data_format": "channels_last"}, {}, [(3, 2, 4)]),
+        lambda r: ({"size": (2, 2), "data_format": "channels_first"}, {}, [(3, 2, 3)]),
+    ],
     "dense": [
         lambda r: ({"activation": {"name": "tanh"}},
                    {"kernel": _sparse(r, 6, 5), "bias": _w(r, 5)}, [(6,)]),

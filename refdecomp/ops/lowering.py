@@ -14,6 +14,7 @@ import numpy as np
 from ..kernels.add import add as add_kernel
 from ..kernels.conv import Conv2D
 from ..kernels.dense import Dense
+from ..kernels.depthwise import DepthwiseConv2D
 from ..kernels.epilogue import PerThreadCounts, activation_code
 from ..kernels.pool import pool2d
 
@@ -61,24 +62,32 @@ def _finish(y, act, mask, where):
     return y
 
 
-def _conv(node: Node) -> Fn:
-    a = node.attrs
-    cf = a.get("data_format") == "channels_first"
-    k = node.weights["kernel"]
-    kern = Conv2D(k, node.weights.get("bias"), a["strides"], a["padding"],
-                  a.get("dilation", (1, 1)), LINEAR_CODE)
-    spatial = node.shape[1:] if cf else node.shape[:-1]
-    run = _weighted(node, kern, int(np.prod(spatial)), k.shape[-1], cf)
+def _windowed(make_kernel: Callable[[Node], object]) -> Callable[[Node], Fn]:
+    """The lowering of a sliding-window weighted op whose kernel class takes NHWC input and
+    has `cout` output channels (Conv2D, DepthwiseConv2D): channels_first runs between
+    transposes."""
+    def lower_windowed(node: Node) -> Fn:
+        cf = node.attrs.get("data_format") == "channels_first"
+        kern = make_kernel(node)
+        spatial = node.shape[1:] if cf else node.shape[:-1]
+        run = _weighted(node, kern, int(np.prod(spatial)), kern.cout, cf)
 
-    def conv(inputs, mask, seen, groups):
-        x = inputs[0]
-        if cf:
-            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        y, act, m, where = run(x, mask, seen, groups)
-        if cf:
-            y = np.ascontiguousarray(y.transpose(0, 3, 1, 2))
-        return _finish(y, act, m, where)
-    return conv
+        def windowed(inputs, mask, seen, groups):
+            x = inputs[0]
+            if cf:
+                x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            y, act, m, where = run(x, mask, seen, groups)
+            if cf:
+                y = np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+            return _finish(y, act, m, where)
+        return windowed
+    return lower_windowed
+
+
+def _window_args(node: Node) -> tuple:
+    a = node.attrs
+    return (node.weights["kernel"], node.weights.get("bias"), a["strides"], a["padding"],
+            a.get("dilation", (1, 1)), LINEAR_CODE)
 
 
 def _dense(node: Node) -> Fn:
@@ -119,7 +128,9 @@ def _add(node: Node, act: Node | None = None) -> Fn:
 
 #: The lowerings an op's spec may name (`OpSpec.lowering`).
 LOWERINGS: dict[str, Callable[[Node], Fn]] = {
-    "conv": _conv, "dense": _dense, "max_pool": _pool(True), "avg_pool": _pool(False),
+    "conv": _windowed(lambda node: Conv2D(*_window_args(node))),
+    "depthwise": _windowed(lambda node: DepthwiseConv2D(*_window_args(node))),
+    "dense": _dense, "max_pool": _pool(True), "avg_pool": _pool(False),
     "add": _add}
 
 
