@@ -37,8 +37,8 @@ def _window_attrs(layer, dialect) -> tuple[tuple, dict]:
                       "dilation": dilation, "data_format": data_format(cfg)}
 
 
-def _depthwise_kernel(layer, dialect, w, ksize) -> np.ndarray:
-    kernel = f32(w["depthwise_kernel"])
+def _depthwise_kernel(layer, dialect, kernel, ksize) -> np.ndarray:
+    kernel = f32(kernel)
     mult = integer(layer.config.get("depth_multiplier", 1), layer, dialect, "depth_multiplier")
     if kernel.ndim != 4 or kernel.shape[:2] != ksize or kernel.shape[3] != mult:
         raise bad(layer, dialect, f"depthwise kernel of shape {kernel.shape} does not match "
@@ -48,7 +48,7 @@ def _depthwise_kernel(layer, dialect, w, ksize) -> np.ndarray:
 
 def read(layer, shapes, w, dialect) -> Lowered:
     ksize, attrs = _window_attrs(layer, dialect)
-    kernel = _depthwise_kernel(layer, dialect, w, ksize)
+    kernel = _depthwise_kernel(layer, dialect, w["kernel"], ksize)
     weights = {"kernel": kernel}
     if "bias" in w:
         weights["bias"] = f32(w["bias"]).reshape(kernel.shape[2] * kernel.shape[3])
@@ -58,7 +58,7 @@ def read(layer, shapes, w, dialect) -> Lowered:
 
 def read_separable(layer, shapes, w, dialect) -> Lowered:
     ksize, attrs = _window_attrs(layer, dialect)
-    dw = _depthwise_kernel(layer, dialect, w, ksize)
+    dw = _depthwise_kernel(layer, dialect, w["depthwise_kernel"], ksize)
     pw = f32(w["pointwise_kernel"])
     filters = integer(layer.config.get("filters", pw.shape[-1]), layer, dialect, "filters")
     if pw.shape != (1, 1, dw.shape[2] * dw.shape[3], filters):
@@ -77,8 +77,10 @@ def read_separable(layer, shapes, w, dialect) -> Lowered:
 
 
 def roles(layer):
+    """DepthwiseConv2D's kernel is `kernel` in Keras 3 files, `depthwise_kernel` in Keras 2
+    ones: the role is `kernel` (a file name outside the known roles is not checked)."""
     bias = ["bias"] if layer.config.get("use_bias", True) else []
-    return ["depthwise_kernel", *bias], []
+    return ["kernel", *bias], []
 
 
 def separable_roles(layer):
@@ -93,8 +95,9 @@ def expected(layer, shapes, dialect):
     mult = integer(cfg.get("depth_multiplier", 1), layer, dialect, "depth_multiplier")
     cin = channels(x, cfg) if x is not None else None
     out = None if cin is None else cin * mult
-    want = {"depthwise_kernel": (kh, kw, cin, mult), "bias": (out,)}
+    want = {"kernel": (kh, kw, cin, mult), "bias": (out,)}
     if layer.class_name == "SeparableConv2D":
+        want["depthwise_kernel"] = want.pop("kernel")
         filters = cfg.get("filters")
         filters = None if filters is None else integer(filters, layer, dialect, "filters")
         want.update(pointwise_kernel=(1, 1, out, filters), bias=(filters,))
