@@ -22,12 +22,6 @@ _STRING_ACTIVATIONS = {
     "swish": "swish", "silu": "swish",
 }
 
-#: Keras layers whose channels_first form TensorFlow runs only through oneDNN's NCHW kernels
-#: (its default CPU kernels take NHWC only, e.g. on AVX2 CPUs): exported in channels_last
-#: between two transposes.
-_NHWC_ONLY = frozenset({"Conv2D", "DepthwiseConv2D", "MaxPooling2D", "AveragePooling2D"})
-
-
 @dataclass
 class Layer:
     """One Keras layer of the exported model, called once."""
@@ -69,7 +63,8 @@ def safe_name(name: str) -> str:
 
 class ExportContext:
     """What an op's export rule may use: `inbound` (the Keras layers giving its inputs),
-    `input_shape(i)`, `add(class, config, weights)` (the node's own layer; returns its name),
+    `input_shape(i)`, `add(class, config, weights, nhwc_only)` (the node's own layer; returns
+    its name),
     `chain(extra, last)` (extra layers after `last`), `activation(act)` (an activation as a
     config string plus extra layers)."""
 
@@ -81,8 +76,11 @@ class ExportContext:
     def input_shape(self, i: int = 0) -> tuple:
         return tuple(self.graph[self.node.inputs[i]].shape)
 
-    def add(self, class_name: str, config: dict, weights=()) -> str:
-        if config.get("data_format") == "channels_first" and class_name in _NHWC_ONLY:
+    def add(self, class_name: str, config: dict, weights=(), nhwc_only: bool = False) -> str:
+        """`nhwc_only`: a layer whose channels_first form TensorFlow runs only through
+        oneDNN's NCHW kernels (its default CPU kernels take NHWC only, e.g. on AVX2 CPUs):
+        exported in channels_last between two transposes."""
+        if config.get("data_format") == "channels_first" and nhwc_only:
             return self._channels_last_between_transposes(class_name, config, weights)
         lay = Layer(self.own_name, class_name, config, self.inbound, list(weights))
         self.layers.append(lay)

@@ -30,7 +30,8 @@ def output_channel_axis(node) -> int:
     return len(node.shape) - 1
 
 
-def _input_channel_axis(node) -> int:
+def input_channel_axis(node) -> int:
+    """Channel axis (no batch axis) of a rank-3 input, by the node's data_format."""
     return 0 if node.attrs.get("data_format") == "channels_first" else 2
 
 
@@ -85,7 +86,7 @@ class Spatial(Barrier):
 
     def initial(self, node, srcs, graph, masks):
         src = srcs[0]
-        if src is None or src[0] != _input_channel_axis(node):
+        if src is None or src[0] != input_channel_axis(node):
             return None
         return (output_channel_axis(node), src[1].copy())
 
@@ -204,36 +205,4 @@ class Filters(Barrier):
                 out["bias"] = out["bias"][keep_out[1]]
         if keep_in is not None:
             out["kernel"] = np.take(out["kernel"], keep_in, axis=-2)
-        return out
-
-
-class Depthwise(Filters):
-    """depthwise_conv2d with depth multiplier M: output channel c*M + m reads input channel c
-    only, and the kernel (KH, KW, Cin, M) has M outputs per input. Input channel c goes exactly
-    when its M outputs go: an output group may go only with its input channel (else the
-    kernel would lose its shape), and the input channel only with its whole group."""
-
-    def __init__(self, channel_axis: Callable):
-        super().__init__(channel_axis, lambda node, rank: _input_channel_axis(node))
-
-    @staticmethod
-    def _m(node) -> int:
-        return int(node.weights["kernel"].shape[3])
-
-    def allowed(self, node, pos, src, own, graph):
-        if src[0] != _input_channel_axis(node):
-            return np.zeros_like(src[1])
-        return src[1] & own[1].reshape(-1, self._m(node)).all(axis=1)
-
-    def refine(self, node, own, srcs, graph):
-        if srcs[0] is None or srcs[0][0] != _input_channel_axis(node):
-            return np.zeros_like(own[1])
-        return own[1] & np.repeat(srcs[0][1], self._m(node))
-
-    def slice_weights(self, node, weights, keep_out, keep_in):
-        out = dict(weights)
-        if keep_in is not None:
-            out["kernel"] = np.take(out["kernel"], keep_in, axis=2)
-        if keep_out is not None and "bias" in out:
-            out["bias"] = out["bias"][keep_out[1]]
         return out

@@ -68,9 +68,7 @@ def lower(layer: LayerSpec, shapes: list, dialect: Dialect) -> Lowered:
         _read_weights(layer, shapes, dialect)
         low = reader.normalise(layer, shapes, layer.weights, dialect)
     except KeyError as exc:
-        if exc.args and exc.args[0] in ("kernel", "bias", "alpha", "gamma", "beta",
-                                        "moving_mean", "moving_variance", "depthwise_kernel",
-                                        "pointwise_kernel"):
+        if exc.args and exc.args[0] in sum(reader.roles(layer), []):
             raise bad(layer, dialect, f"has no {exc.args[0]!r} weight in the file") from None
         raise _wrong_type(layer, dialect, exc) from None
     except ShapeError as exc:

@@ -114,7 +114,7 @@ def export(node, k) -> str:
            "dilation_rate": list(a.get("dilation", (1, 1))), "groups": 1,
            "activation": act_string, "use_bias": "bias" in w}
     weights = [("kernel", kernel)] + ([("bias", w["bias"])] if "bias" in w else [])
-    return k.chain(act_layers, k.add("Conv2D", cfg, weights))
+    return k.chain(act_layers, k.add("Conv2D", cfg, weights, nhwc_only=True))
 
 
 register(OpSpec(

@@ -15,7 +15,7 @@ from ...reader.params import (Lowered, activation, bad, channels, data_format, f
                               integer, pair, padding)
 from ...reader.shapes import ShapeError, hwc, window_shape
 from .. import reference as ref
-from ..channels import Depthwise
+from ..channels import Filters, input_channel_axis
 from ..depthwise_reference import depthwise_conv2d
 from ..registry import KerasLayer, OpSpec, register
 from ..rules import through_windows, window_used
@@ -173,7 +173,39 @@ def export(node, k) -> str:
            "dilation_rate": list(a.get("dilation", (1, 1))), "activation": act_string,
            "use_bias": "bias" in w}
     weights = [("depthwise_kernel", kernel)] + ([("bias", w["bias"])] if "bias" in w else [])
-    return k.chain(act_layers, k.add("DepthwiseConv2D", cfg, weights))
+    return k.chain(act_layers, k.add("DepthwiseConv2D", cfg, weights, nhwc_only=True))
+
+
+class Depthwise(Filters):
+    """depthwise_conv2d with depth multiplier M: output channel c*M + m reads input channel c
+    only, and the kernel (KH, KW, Cin, M) has M outputs per input. Input channel c goes exactly
+    when its M outputs go: an output group may go only with its input channel (else the
+    kernel would lose its shape), and the input channel only with its whole group."""
+
+    def __init__(self, channel_axis: Callable):
+        super().__init__(channel_axis, lambda node, rank: input_channel_axis(node))
+
+    @staticmethod
+    def _m(node) -> int:
+        return int(node.weights["kernel"].shape[3])
+
+    def allowed(self, node, pos, src, own, graph):
+        if src[0] != input_channel_axis(node):
+            return np.zeros_like(src[1])
+        return src[1] & own[1].reshape(-1, self._m(node)).all(axis=1)
+
+    def refine(self, node, own, srcs, graph):
+        if srcs[0] is None or srcs[0][0] != input_channel_axis(node):
+            return np.zeros_like(own[1])
+        return own[1] & np.repeat(srcs[0][1], self._m(node))
+
+    def slice_weights(self, node, weights, keep_out, keep_in):
+        out = dict(weights)
+        if keep_in is not None:
+            out["kernel"] = np.take(out["kernel"], keep_in, axis=2)
+        if keep_out is not None and "bias" in out:
+            out["bias"] = out["bias"][keep_out[1]]
+        return out
 
 
 register(OpSpec(

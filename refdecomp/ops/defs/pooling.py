@@ -44,7 +44,8 @@ def _export_pool(cls: str):
         a = node.attrs
         return k.add(cls, {"pool_size": list(a["pool"]), "strides": list(a["strides"]),
                            "padding": a.get("padding", "valid"),
-                           "data_format": a.get("data_format", "channels_last")})
+                           "data_format": a.get("data_format", "channels_last")},
+                     nhwc_only=True)
     return export
 
 
