@@ -6,6 +6,7 @@ and turns bad input into one clear line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,9 @@ from .errors import InternalError, RefdecompError
 from .experiments import as_input as _x
 from .report import markdown_table, print_json
 
-DEFAULT_DEMO_MODEL = Path(__file__).resolve().parent.parent / "weights" / "digits_cnn.h5"
+#: the demo's default model: weights/digits_cnn.h5 of the repository, installed with the package
+#: as data of `refdecomp.weights`, so the demo runs from a wheel, offline
+DEFAULT_DEMO_MODEL = ("refdecomp.weights", "digits_cnn.h5")
 
 
 # -- shared argument helpers -----------------------------------------------------------------
@@ -209,9 +212,11 @@ def cmd_audit_modules(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .experiments import run_decomposition_experiment
 
-    model_path = args.model or str(DEFAULT_DEMO_MODEL)
+    package, name = DEFAULT_DEMO_MODEL
     kw = opts.decomposition_kwargs(args)
-    with opts.subset_warnings(args):
+    with importlib.resources.as_file(importlib.resources.files(package) / name) as default, \
+            opts.subset_warnings(args):
+        model_path = args.model or str(default)
         result = run_decomposition_experiment(
             model_path, args.data, data_dir=args.data_dir, limit=args.limit,
             limit_seed=args.limit_seed, backtrack=kw.pop("backtrack"), delta=kw.pop("delta"),
@@ -297,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", cmd_demo, "the main job: decompose a model, compose its modules, report "
                               "(default: the shipped digits CNN on scikit-learn's digits, offline)")
-    p.add_argument("--model", help=f"model file (default: {DEFAULT_DEMO_MODEL.name})")
+    p.add_argument("--model", help=f"model file (default: the shipped {DEFAULT_DEMO_MODEL[1]})")
     opts.add_data_options(p, required=False, default="digits")
     opts.add_preprocessing_options(p)
     p.add_argument("--out", default="out/demo", help="folder for modules and reports")
