@@ -37,6 +37,7 @@ import numpy as np
 from . import metrics
 from .errors import DataError, ModelFormatError, RefdecompError, describe_layer
 from .graph import Graph, Node
+from .ops.reference import maps_zero_to_zero
 
 #: Ops a unit's value passes through unchanged in its channel on the way to the next weighted
 #: layer (the "outgoing weights" of a unit are the consumers' kernel entries reading it).
@@ -239,10 +240,8 @@ def _units_off(node: Node, mask: np.ndarray) -> np.ndarray:
 
 
 def _unit_axis(node: Node) -> int:
-    """Axis of a conv2d / dense output (without the batch axis) that indexes its units."""
-    if node.op == "conv2d" and node.attrs.get("data_format") == "channels_first":
-        return 0
-    return len(node.shape) - 1
+    """Axis of a weighted node's output (without the batch axis) that indexes its units."""
+    return node.spec.channel_axis(node)
 
 
 # -- units cut off -----------------------------------------------------------------------------
@@ -291,14 +290,7 @@ def _outgoing_readers(graph: Graph, node: Node) -> list[tuple[str, np.ndarray, b
 
 def _keeps_zero(act: Mapping[str, Any] | None) -> bool:
     """Whether an activation maps 0 to 0 (a unit with no input then outputs exactly 0)."""
-    from .ops.reference import activate
-
-    if not act or act.get("name") == "softmax":
-        return not act
-    try:
-        return bool(activate(np.zeros(1, np.float32), dict(act))[0] == 0)
-    except RefdecompError:
-        return False
+    return not act or maps_zero_to_zero(act)
 
 
 def _same_channels(node: Node, units: np.ndarray, source: str) -> np.ndarray:

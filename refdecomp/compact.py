@@ -4,8 +4,9 @@
 everywhere, passed through zero-preserving ops, absorbed by the input rows of the next
 weighted layers, kept where an Add operand or a graph output still needs them; each op's part
 is its `OpSpec.compaction` rule, `refdecomp.ops.channels`) and keeps the remaining
-position-level masks. `refdecomp.export` uses the same slicing for `compact=True`. The result computes the same function
-as the masked module, to float32 rounding, with fewer multiply-accumulates and parameters.
+position-level masks. `refdecomp.export` uses the same slicing for `compact=True`. The result
+computes the same function as the masked module, to float32 rounding, with fewer
+multiply-accumulates and parameters.
 """
 from __future__ import annotations
 

@@ -166,6 +166,15 @@ def test_every_op_has_examples_and_rules():
     assert registry.weighted_ops() >= {"conv2d", "dense"}
 
 
+def test_listing_names_every_op(capsys):
+    from refdecomp.ops.__main__ import main
+
+    main()
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]
+              if line and not line.startswith(" ")}
+    assert listed == {s.name for s in registry.ops()}
+
+
 @pytest.mark.parametrize("op, i", CASES, ids=IDS)
 def test_shape_rule_matches_reference(op, i):
     node, _, xs, _ = _instance(op, i)
@@ -180,12 +189,18 @@ def test_lowering_matches_reference(op, i):
 
     node, _, xs, rng = _instance(op, i)
     want = node.spec.reference(node, xs)
-    mask = None
-    if node.weighted:
+    mask = seen = groups = None
+    if node.weighted:      # masks and recording ("value before the activation > 0" per group)
         mask = (rng.random(node.shape) < 0.7).astype(np.uint8)
         want = want * mask
-    got = LOWERINGS[node.spec.lowering](node)(xs, mask, None, None)
+        seen = np.zeros((2, *node.shape), np.uint8)
+        groups = np.array([0, 1, 0], np.int32)
+    got = LOWERINGS[node.spec.lowering](node)(xs, mask, seen, groups)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    if node.weighted:
+        pre = node.spec.linear(node, xs[0]) > 0
+        np.testing.assert_array_equal(seen[0], pre[[0, 2]].any(axis=0))
+        np.testing.assert_array_equal(seen[1], pre[1])
 
 
 @pytest.mark.parametrize("mode", ["last_conv", "input"])
