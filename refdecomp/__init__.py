@@ -7,15 +7,14 @@ Pan & Rajan, "Decomposing Convolutional Neural Networks into Reusable and Replac
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
+from typing import TYPE_CHECKING
 
-if importlib.util.find_spec(f"{__name__}.kernels") is None:
-    # A checkout's kernels/ folder becomes refdecomp.kernels only through installation.
-    raise ImportError(
-        "refdecomp is not installed: its Numba kernels (the kernels/ folder of a checkout) are "
-        "installed as refdecomp.kernels; install the checkout first (pip install -e . or "
-        "bash tools/bootstrap.sh)")
-
+from . import limits
+from ._version import __version__
+from .audit_modules import audit_modules
+from .decompose import build_modules, decompose, observe
 from .errors import (
     DataError,
     InternalError,
@@ -26,8 +25,24 @@ from .errors import (
     RefdecompError,
     UnsupportedLayerError,
 )
+from .keras_objects import keras_objects
 
-__version__ = "0.1.0"
+if importlib.util.find_spec(f"{__name__}.kernels") is None:
+    # A checkout's kernels/ folder becomes refdecomp.kernels only through installation.
+    raise ImportError(
+        "refdecomp is not installed: its Numba kernels (the kernels/ folder of a checkout) are "
+        "installed as refdecomp.kernels; install the checkout first (pip install -e . or "
+        "bash tools/bootstrap.sh)")
+
+# decompose, audit_modules and keras_objects are bound here at import: each function shadows
+# the submodule of the same name on purpose, and a submodule imported later would otherwise
+# take the name. Their modules keep the reader, the interpreter and h5py out of their top-level
+# imports so that `import refdecomp` stays light. The other public functions load on first use.
+_LAZY = {"load_model": "loading", "load_modules": "modules"}
+
+if TYPE_CHECKING:
+    from .loading import load_model
+    from .modules import load_modules
 
 __all__ = [
     "__version__",
@@ -49,19 +64,14 @@ __all__ = [
     "audit_modules",
 ]
 
-from . import limits  # noqa: E402
-from .decompose import build_modules, decompose, observe  # noqa: E402
-from .modules import load_modules  # noqa: E402
-# The function (which imports Keras only when called) shadows its module's name on purpose.
-from .keras_objects import keras_objects  # noqa: E402
-from .audit_modules import audit_modules  # noqa: E402  (the function, like keras_objects)
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def load_model(path, architecture=None, *, fold: bool = True):
-    """Read a Keras model file (legacy HDF5, `.keras` archive, or weights-only file plus an
-    `architecture`: a JSON config file or a full model file) into a `Model` that runs on
-    refdecomp's own interpreter. Nothing in the file is executed."""
-    from .interpreter import Model
-    from .reader import read_graph
-
-    return Model(read_graph(path, architecture=architecture), fold=fold)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -10,11 +10,13 @@ is installed.
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any
 
 import numpy as np
 
 from .errors import RefdecompError
+from .interpreter import Model
 
 TOLERANCE = 1e-5
 
@@ -37,8 +39,6 @@ def random_inputs(graph, n: int, seed: int) -> list[np.ndarray]:
 
 def _keras_layer_outputs(path: str, xs: list[np.ndarray], names: list[str],
                          architecture: str | None, dialect: int) -> dict[str, np.ndarray]:
-    import os
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
     if architecture:
         raise RefdecompError(f"audit of {path!r}: comparing a weights-only file with Keras is not "
@@ -59,8 +59,6 @@ def _keras_layer_outputs(path: str, xs: list[np.ndarray], names: list[str],
 def audit_model(model, path: str, *, against: str = "auto", n_images: int = 4, seed: int = 0,
                 architecture: str | None = None) -> dict[str, Any]:
     """Per-layer relative errors of `model` (a refdecomp Model read from `path`)."""
-    from .interpreter import Model
-
     if n_images < 1:
         raise RefdecompError(f"argument --images {n_images}: give a number of images >= 1")
     if against == "auto" and architecture:

@@ -25,6 +25,7 @@ See docs/algorithm.md ("Auditing other tools' modules") for every definition.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import tempfile
@@ -35,9 +36,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import metrics
+from .decompose.backtrack import flat_index_map
+from .decompose.channeling import channel_weights, find_head
 from .errors import DataError, ModelFormatError, RefdecompError, describe_layer
 from .graph import Graph, Node
 from .ops.reference import maps_zero_to_zero
+
+# `import refdecomp` binds `audit_modules`, so the reader, the interpreter, the reports and the
+# model loader are imported inside the functions that use them, keeping that import light.
 
 #: Ops a unit's value passes through unchanged in its channel on the way to the next weighted
 #: layer (the "outgoing weights" of a unit are the consumers' kernel entries reading it).
@@ -164,8 +170,6 @@ def _weighted(graph: Graph) -> list[Node]:
 
 
 def _head(graph: Graph) -> Node:
-    from .decompose.channeling import find_head
-
     return find_head(graph)[0]
 
 
@@ -250,8 +254,6 @@ def _outgoing_readers(graph: Graph, node: Node) -> list[tuple[str, np.ndarray, b
     rows / channels (-1 for rows fed by other units), whether those rows carry that unit alone
     and a zero stays zero on the way)], or None when some path reaches the output or an op whose
     mixing this analysis does not follow (units are then never "cut out")."""
-    from .decompose.backtrack import flat_index_map
-
     consumers = graph.consumers()
     axis = _unit_axis(node)
     unit = np.broadcast_to(np.arange(node.shape[axis]).reshape(
@@ -415,7 +417,6 @@ def unit_activity(model, x: np.ndarray, y: np.ndarray, n_classes: int, batch_siz
 # -- forward passes and composition ------------------------------------------------------------
 def logits_model(model, masks: Mapping[str, np.ndarray] | None = None):
     """A model over `model`'s execution graph that outputs the head's logits (softmax dropped)."""
-    from .decompose.channeling import find_head
     from .interpreter import Model
 
     graph = model.graph
@@ -535,7 +536,7 @@ def audit_modules(model, module_files, x, y, *, classes=None, batch_size: int = 
     audit several decompositions of the same model side by side. `classes`: the class of each
     file, in order (a list, or {set name: list}); by default the last number in each file name.
     Returns a JSON-ready dict (see `markdown_report` for the layout)."""
-    from . import load_model
+    from .loading import load_model
 
     model_path = ""
     if not hasattr(model, "graph"):
@@ -658,8 +659,6 @@ def _audit_one(model, mod: ModuleFile, x, y, model_z, counts, seen_by_class, cla
                 ref_w = m.weights[key]
                 channeled = m.name == head and width == 2
                 if channeled:
-                    from .decompose.channeling import channel_weights
-
                     k2, b2 = channel_weights(m.weights["kernel"], m.weights.get("bias"), c)
                     ref_w = k2 if key == "kernel" else b2
                 row[key] = compare_arrays(ref_w, weights[n.name][key], close=channeled)
@@ -991,8 +990,6 @@ def write_audit_report(result: dict[str, Any], out_dir: str | Path,
 # -- command line ------------------------------------------------------------------------------
 def add_arguments(p) -> None:
     """Options of `refdecomp audit-modules` (the model and data options come from the CLI)."""
-    import argparse
-
     p.add_argument("--modules", nargs="+", action="append", required=True, metavar="FILE",
                    help="module files (Keras files of the model's architecture, 2 or N outputs); "
                         "repeat --modules to audit several decompositions side by side")
@@ -1043,11 +1040,11 @@ def run_command(args, dataset, preprocessing=None) -> tuple[dict[str, Any], str,
                    for name, text in zip(labels, args.classes)}
     x, y = dataset.split(args.split)
     if preprocessing is None and not isinstance(getattr(args, "scale", None), str):
-        from .preprocessing import Preprocessing   # the audit's own --scale option
+        from .preprocessing import Preprocessing  # the audit's own --scale option
 
         preprocessing = Preprocessing(scale=float(getattr(args, "scale", 1.0) or 1.0))
     x = np.asarray(x, np.float32) if preprocessing is None else preprocessing(x)
-    from . import load_model
+    from .loading import load_model
 
     model = load_model(args.model, architecture=getattr(args, "architecture", None))
     result = audit_modules(model, dict(zip(labels, args.modules)), x, y, classes=classes,

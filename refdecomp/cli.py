@@ -9,15 +9,29 @@ import argparse
 import importlib.resources
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from . import cli_options as opts
+from ._version import __version__
+from .audit import audit_model
+from .audit_modules import add_arguments as audit_modules_arguments
+from .audit_modules import run_command
+from .decompose import decompose
+from .distributed import start_client
 from .errors import InternalError, RefdecompError
 from .experiments import as_input as _x
-from .report import markdown_table, print_json
+from .experiments import describe, evaluation_report, run_decomposition_experiment
+from .fileio import atomic_path
+from .interpreter import node_macs
+from .loading import load_model
+from .metrics import top_k_accuracy
+from .modules import load_modules
+from .report import markdown_table, print_json, set_command
+from .scenarios.commands import add_scenario_parsers, run_scenario
 
 #: the demo's default model: weights/digits_cnn.h5 of the repository, installed with the package
 #: as data of `refdecomp.weights`, so the demo runs from a wheel, offline
@@ -59,8 +73,6 @@ class _Cluster:
     def __enter__(self):
         a = self.args
         if getattr(a, "scheduler", None) or getattr(a, "workers", None):
-            from .distributed import start_client
-
             self.client = start_client(a.scheduler, a.workers)
         return self.client
 
@@ -79,8 +91,6 @@ def _load_data(args: argparse.Namespace):
 
 
 def _load_model(args: argparse.Namespace):
-    from . import load_model
-
     return load_model(args.model, architecture=getattr(args, "architecture", None))
 
 
@@ -93,8 +103,6 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 
 # -- subcommands ------------------------------------------------------------------------------
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .interpreter import node_macs
-
     model = _load_model(args)
     g = model.source_graph
     rows = [{"layer": n.name, "class": n.keras_class or n.op, "op": n.op,
@@ -114,16 +122,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     probs = model.predict(_x(x, pre), batch_size=args.batch_size, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
-    from .experiments import describe
-    from .metrics import top_k_accuracy
 
     data = {"model": args.model, "data": describe(ds, args.split), "images": int(len(x)),
             "preprocessing": pre.to_dict() if pre is not None else None,
             "seconds": seconds, "images_per_second": len(x) / seconds,
             "top1": top_k_accuracy(probs, y, 1), "top5": top_k_accuracy(probs, y, 5)}
     if args.out:
-        from .fileio import atomic_path
-
         with atomic_path(args.out, suffix=".npz") as tmp:
             np.savez_compressed(tmp, probabilities=probs, labels=y)
         data["out"] = args.out
@@ -134,8 +138,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import audit_model
-
     model = _load_model(args)
     result = audit_model(model, args.model, against=args.against, n_images=args.images,
                          seed=args.seed, architecture=args.architecture)
@@ -149,9 +151,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_decompose(args: argparse.Namespace) -> int:
-    from . import decompose
-    from .experiments import describe
-
     model = _load_model(args)
     ds, pre = _load_data(args)
     t0 = time.perf_counter()
@@ -173,9 +172,6 @@ def cmd_decompose(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from . import load_modules
-    from .experiments import evaluation_report
-
     ms = load_modules(args.modules, model=args.model)
     ds, given = _load_data(args)
     ms.preprocessing = opts.module_preprocessing(ms.preprocessing, given, args.modules)
@@ -190,8 +186,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from . import load_modules
-
     ms = load_modules(args.modules, model=args.model)
     module = ms[args.cls]
     path = module.export_keras(args.out, compact=args.compact)
@@ -202,16 +196,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_modules(args: argparse.Namespace) -> int:
-    from .audit_modules import run_command
-
     data, text, status = run_command(args, *_load_data(args))
     _emit(args, data, text)
     return status
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .experiments import run_decomposition_experiment
-
     package, name = DEFAULT_DEMO_MODEL
     kw = opts.decomposition_kwargs(args)
     with importlib.resources.as_file(importlib.resources.files(package) / name) as default, \
@@ -227,8 +217,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_scenario(args: argparse.Namespace) -> int:
-    from .scenarios.commands import run_scenario
-
     result = run_scenario(args)
     _emit(args, result["data"], result["markdown"])
     return 0
@@ -240,7 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="refdecomp",
         description="Decompose trained Keras CNNs into reusable, replaceable per-class modules "
                     "(Pan & Rajan, ICSE 2022) on a TensorFlow-free interpreter.")
-    from . import __version__
 
     parser.add_argument("--version", action="version", version=f"refdecomp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -271,7 +258,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("audit-modules", cmd_audit_modules, "audit module files made by any tool (Keras "
             "files of the model's architecture) against the model's forward pass on a dataset")
     _add_model(p); _add_data(p); _add_common(p)
-    from .audit_modules import add_arguments as audit_modules_arguments
 
     audit_modules_arguments(p)
 
@@ -308,15 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo", help="folder for modules and reports")
     _add_common(p); decomposition_options(p)
 
-    from .scenarios.commands import add_scenario_parsers
-
     add_scenario_parsers(sub, cmd_scenario, _add_common, opts)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .report import set_command
-
     argv = sys.argv[1:] if argv is None else list(argv)
     set_command(argv)
     parser = build_parser()
@@ -380,8 +362,6 @@ def _missing_dependency(exc: ModuleNotFoundError) -> str | None:
 
 
 def _report_bug(command: str, exc: BaseException) -> int:
-    import traceback
-
     traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     print(f"refdecomp {command}: internal error: {type(exc).__name__}: {exc}\n"
           f"This is a bug in refdecomp, not a problem with your input. Please report it with "

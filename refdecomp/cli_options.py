@@ -13,7 +13,11 @@ import sys
 import warnings
 from typing import Any
 
+from .datasets import load_dataset
+from .decompose import BACKTRACK_MODES, CHANNELINGS, DEFAULT_DELTA_RULE, DELTA_RULES, DELTA_SCALES
 from .errors import RefdecompError
+from .experiments import SubsetWarning, limit_dataset
+from .preprocessing import Preprocessing
 
 DATASET_HELP = ("dataset name (digits, mnist, fashion_mnist, cifar10, cifar100, tiny_imagenet) "
                 "or a path (.npz, image-folder tree or .tar/.tar.gz of one, CIFAR/IDX files, "
@@ -51,8 +55,6 @@ def add_data_options(p: argparse.ArgumentParser, *, required: bool = True,
 def load_data(args: argparse.Namespace, name: str | None = None):
     """(dataset limited as the options say, preprocessing fitted on its full training split
     or None). `name` overrides `args.data`."""
-    from .datasets import load_dataset
-
     ds = load_dataset(name or args.data, data_dir=args.data_dir)
     pre = preprocessing_from_args(args)
     if pre is not None:
@@ -63,8 +65,6 @@ def load_data(args: argparse.Namespace, name: str | None = None):
 def limited(args: argparse.Namespace, ds):
     """`ds` cut to the --limit subset; its warnings (a class left empty) go to stderr as one
     line each."""
-    from .experiments import limit_dataset
-
     with subset_warnings(args):
         return limit_dataset(ds, getattr(args, "limit", None), getattr(args, "limit_seed", 0))
 
@@ -73,8 +73,6 @@ def limited(args: argparse.Namespace, ds):
 def subset_warnings(args: argparse.Namespace):
     """Within: a `SubsetWarning` (a --limit subset left a class empty) is printed at once as one
     line, ``refdecomp COMMAND: warning: ...``; other warnings as usual."""
-    from .experiments import SubsetWarning
-
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, SubsetWarning):
             print(f"refdecomp {getattr(args, 'command', '')}: warning: {message}",
@@ -118,8 +116,6 @@ _PRE_OPTIONS = ("scale", "subtract", "divide", "channels_first")
 def preprocessing_from_args(args: argparse.Namespace):
     """The (unfitted) `Preprocessing` the options state, or None where they state nothing
     (all absent, or all at their defaults: raw pixels)."""
-    from .preprocessing import Preprocessing
-
     given = {k: getattr(args, k) for k in _PRE_OPTIONS if getattr(args, k, None) is not None}
     if not given:
         return None
@@ -152,9 +148,6 @@ def module_preprocessing(recorded, given, where: str, x_train=None):
 # -- decomposition -------------------------------------------------------------------------
 def add_decomposition_options(p: argparse.ArgumentParser) -> None:
     """Every option of `refdecomp.decompose` (see its docstring and docs/algorithm.md)."""
-    from .decompose import (BACKTRACK_MODES, CHANNELINGS, DEFAULT_DELTA_RULE, DELTA_RULES,
-                            DELTA_SCALES)
-
     g = p.add_argument_group("decomposition")
     g.add_argument("--backtrack", choices=BACKTRACK_MODES, default="last_conv",
                    help="none: CI+TI+channeling; last_conv: + MC-BLN (the paper's choice); "

@@ -31,7 +31,11 @@ from typing import Iterator, Sequence
 import numpy as np
 from numba import njit
 
-from .errors import DataError, RefdecompError
+from . import metrics
+from .errors import DataError, InternalError, RefdecompError
+from .interpreter import _progress, node_macs
+from .kernels.epilogue import activation_code
+from .kernels.threads import parallel_parts
 
 #: default images per batch (the features of every module are held per batch)
 DEFAULT_BATCH = 256
@@ -99,8 +103,6 @@ class Composer:
     must read the same head input."""
 
     def __init__(self, model, modules: Sequence):
-        from .interpreter import node_macs
-
         self.model = model
         self.modules = list(modules)
         if not self.modules:
@@ -142,8 +144,6 @@ class Composer:
 
     def _masked_nodes(self, module, ancestors) -> list[MaskedNode]:
         """The module's masked nodes that can reach the head input, in execution order."""
-        from .kernels.epilogue import activation_code
-
         g = self.model.graph
         out = []
         for name, mask in module.masks.items():
@@ -179,14 +179,13 @@ class Composer:
     def batches(self, x, batch_size: int = DEFAULT_BATCH,
                 progress: bool = False) -> Iterator[ComposedBatch]:
         """`ComposedBatch`es covering the images of `x` in order (memory per batch only)."""
-        from .interpreter import _progress
-
         xs = self.model._check_inputs(x)
         model = self.model
         if model._open_dims():
             model = model._specialised([a.shape[1:] for a in xs])
             if [n.name for n in model.graph.nodes] != self.names:
-                raise RefdecompError("compose: the specialised graph differs from the model's")
+                raise InternalError("compose: the graph specialised to the input shape has other "
+                                    "nodes than the model's")
         n = len(xs[0]) if xs else 0
         batch_size = int(batch_size)
         if batch_size < 1:
@@ -209,7 +208,6 @@ class Composer:
 
         with model._parallel():
             if model.engine == "numba":
-                from .kernels.threads import parallel_parts  # noqa: PLC0415
                 parallel_parts(part, 0, b)
             else:
                 part(0, b)
@@ -309,8 +307,6 @@ def compose_margins(modules: Sequence, x, batch_size: int = DEFAULT_BATCH,
     """Margins (concerned - unconcerned logit) of every module on images `x`, column j for
     `modules[j]`, through one shared pass per source model (modules picked from several
     models get one pass each). Memory: one batch of activations per model, plus the result."""
-    from . import metrics
-
     modules = list(modules)
     n = _n_images(x)
     k = len(modules)

@@ -25,7 +25,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .decompose import Observation, _hidden
+from .decompose.channeling import find_head
+from .decompose.recording import check_labels, plan_groups
 from .errors import DataError, RefdecompError
+from .interpreter import Model, Recorder
+from .loading import load_model
+from .modules import load_modules
+from .progress import progress
 
 #: dask retries of a task that raised (a worker that dies has its tasks rescheduled anyway)
 RETRIES = 2
@@ -156,8 +163,6 @@ def _file_bytes(path: str | os.PathLike) -> bytes:
 
 def model_file(model) -> str:
     """The file a model was read from (workers load it from its bytes)."""
-    from .interpreter import Model
-
     if isinstance(model, (str, os.PathLike)):
         return str(model)
     if isinstance(model, Model) and model.source_graph.source and \
@@ -178,12 +183,8 @@ def _on_worker(kind: str, data: bytes, suffix: str, model_key: str | None = None
                 f.write(data)
             try:
                 if kind == "model":
-                    from . import load_model
-
                     _WORKER_CACHE[key] = load_model(path)
                 else:
-                    from .modules import load_modules
-
                     _WORKER_CACHE[key] = load_modules(path, model=_WORKER_CACHE[model_key])
             finally:
                 os.unlink(path)
@@ -192,8 +193,6 @@ def _on_worker(kind: str, data: bytes, suffix: str, model_key: str | None = None
 
 # -- the recording pass ----------------------------------------------------------------------
 def _record_task(model_bytes, suffix, source, groups, n_groups, hidden, batch_size):
-    from .interpreter import Recorder
-
     model, _ = _on_worker("model", model_bytes, suffix)
     x = _partition_array(source)
     if len(x) != len(groups):
@@ -225,11 +224,6 @@ def observe_distributed(client, model, x, y=None, *, tangling: str | int = "bala
                         seed: int = 0, batch_size: int = 256, progress: bool = False,
                         partitions: int | None = None):
     """`refdecomp.observe` with the images processed as partitions on a dask cluster."""
-    from . import load_model
-    from .decompose import Observation, _hidden
-    from .decompose.channeling import find_head
-    from .decompose.recording import check_labels, plan_groups
-
     _dask()
     path = model_file(model)
     local = model if not isinstance(model, (str, os.PathLike)) else load_model(path)
@@ -285,7 +279,6 @@ def compose_distributed(client, ms, x, *, batch_size: int = 256, progress: bool 
 def _show_progress(futures: Sequence, enabled: bool, what: str) -> None:
     if not enabled:
         return
-    from .progress import progress
 
     distributed = _dask()
     for _ in progress(distributed.as_completed(futures), total=len(futures),

@@ -1,7 +1,11 @@
-"""The one error family refdecomp raises for bad input.
+"""The errors refdecomp raises: `RefdecompError` and its subclasses for bad input, and
+`InternalError` for its own bugs.
 
-Every message names the file, layer (name and class) or argument at fault, says why, and,
-where there is one, what the user can do about it.
+Every `RefdecompError` message names the file, layer (name and class) or argument at fault,
+says why, and, where there is one, what the user can do about it; the command line prints it
+as one line (exit status 2). An `InternalError` is a broken invariant, whatever the input: it
+is deliberately not a `RefdecompError`, so that code catching bad input (and the fuzz tests,
+which accept only `RefdecompError`s) never takes a bug for one.
 """
 from __future__ import annotations
 
@@ -43,6 +47,6 @@ class OutputError(RefdecompError):
     no permission)."""
 
 
-class InternalError(RefdecompError):
+class InternalError(Exception):
     """A broken invariant inside refdecomp: a bug, not bad input. The command line prints it
-    with its traceback and asks for it to be reported."""
+    with its traceback and asks for it to be reported (exit status 70)."""

@@ -6,13 +6,19 @@ report and a plot, each naming the command that produced it.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import metrics
+from .datasets import load_dataset
+from .decompose import build_modules, observe
+from .errors import DataError, RefdecompError
+from .loading import load_model
 from .report import bar_plots, command_line, markdown_table, write_report
 
 
@@ -57,11 +63,7 @@ def limit_dataset(ds, limit: int | None, seed: int = 0):
     if limit is None:
         return ds
     if limit < 1:
-        from .errors import DataError
-
         raise DataError(f"argument --limit {limit}: give a number of images >= 1")
-    import warnings
-    from dataclasses import replace
 
     parts = {}
     for split in ("train", "test"):
@@ -76,13 +78,11 @@ def limit_dataset(ds, limit: int | None, seed: int = 0):
                 f"{len(np.unique(y))} classes (e.g. {', '.join(names)}); give --limit of at "
                 f"least {len(np.unique(y))} so that every class is represented",
                 SubsetWarning, stacklevel=2)
-    return replace(ds, **parts)
+    return dataclasses.replace(ds, **parts)
 
 
 def parse_classes(text: str, argument: str) -> list[int]:
     """`"0,3,7"` -> [0, 3, 7]; a clear error naming `argument` otherwise."""
-    from .errors import RefdecompError
-
     try:
         classes = [int(c) for c in text.split(",") if c.strip()]
     except ValueError:
@@ -202,9 +202,6 @@ def run_decomposition_settings(model_path: str, data: str, out_dirs: dict[str, s
     `preprocessing`: a `Preprocessing` (fitted here on the full training split) that turns
     the raw images into model input; recorded with the modules. `tangling` goes to `observe`,
     `build_options` (delta_rule, delta_scale, channeling) to `build_modules`."""
-    from . import build_modules, load_model, observe
-    from .datasets import load_dataset
-
     t0 = time.perf_counter()
     model = load_model(model_path)
     ds = load_dataset(data, data_dir=data_dir)

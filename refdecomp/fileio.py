@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from .errors import OutputError, RefdecompError
 
 
@@ -101,8 +103,6 @@ def write_json(path: str | os.PathLike, obj: Any, sort_keys: bool = False) -> Pa
 
 
 def _jsonable(obj: Any) -> Any:
-    import numpy as np
-
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):

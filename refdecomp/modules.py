@@ -16,14 +16,34 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import operator
+import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import h5py
 import numpy as np
 
 from . import metrics
+from ._version import __version__
+from .compact import compact_fractions, compact_module, graph_macs
+from .decompose.channeling import (
+    CHANNELINGS,
+    channeled_graph,
+    check_channeling,
+    find_head,
+    head_logits,
+)
+from .decompose.recording import check_labels
 from .errors import DataError, ModuleFileError, RefdecompError
+from .export import export_keras
+from .fileio import atomic_path, regular_file, sha256_file
 from .graph import Graph
+from .interpreter import Model
+from .loading import load_model
+from .preprocessing import Preprocessing
+from .reader import HDF5_ERRORS
+from .reader.weights import text as attribute_text
 
 FORMAT = "refdecomp-modules"
 #: 2: a module's `channeling` ("mean" | "logsumexp"; a "logsumexp" head is N wide).
@@ -42,8 +62,6 @@ class Module:
                  masks: Mapping[str, np.ndarray], *, class_name: str | None = None,
                  info: dict[str, Any] | None = None,
                  active: Mapping[str, np.ndarray] | None = None, channeling: str = "mean"):
-        from .decompose.channeling import check_channeling, find_head
-
         check_channeling(channeling)
         self.source_model = model
         self.class_index = int(class_index)
@@ -90,8 +108,6 @@ class Module:
     def graph(self) -> Graph:
         """The model's execution graph with this module's channeled head."""
         if self._graph is None:
-            from .decompose.channeling import channeled_graph
-
             self._graph = channeled_graph(self.source_model.graph, self._head, self._tail,
                                           self.head_kernel, self.head_bias, self.channeling,
                                           self.class_index)
@@ -115,8 +131,6 @@ class Module:
 
     def head_logits(self, features: np.ndarray) -> np.ndarray:
         """(n, 2) float32 logits [concerned, unconcerned] of the channeled head on `features`."""
-        from .decompose.channeling import head_logits
-
         return head_logits(features, self.head_kernel, self.head_bias, self.class_index,
                            self.channeling)
 
@@ -140,7 +154,6 @@ class Module:
         entirely physically dropped (and the next layers' input channels sliced); its
         `predict` equals this module's."""
         if self._compact is None or self._compact[0] is not self.masks:  # masks reassigned
-            from .compact import compact_module
 
             self._compact = (self.masks, compact_module(self))
         return self._compact[1]
@@ -148,15 +161,11 @@ class Module:
     def runs_compact(self) -> bool:
         """Whether `features` (and so `predict`, `decision_function`, composition) runs the
         compact module: it drops some multiply-accumulates."""
-        from .compact import graph_macs
-
         return self.compact().macs() < graph_macs(self.graph)
 
     def size(self) -> dict[str, float]:
         """Nodes and weights kept (see `refdecomp.metrics` for the definitions), and the
         compact module's `flops_fraction` and `params_fraction` of the model."""
-        from .compact import compact_fractions
-
         return {**metrics.module_size(self.graph, self.masks, frozenset({self.head_name})),
                 **compact_fractions(self, self.compact())}
 
@@ -170,8 +179,6 @@ class Module:
 
     def export_keras(self, path, compact: bool = False):
         """Write this module as a Keras file (see `refdecomp.export.export_keras`)."""
-        from .export import export_keras
-
         return export_keras(self.graph, path, masks=self.masks, compact=compact)
 
     def save(self, path) -> Path:
@@ -209,8 +216,6 @@ class ModuleSet:
             m.preprocessing = value
 
     def __getitem__(self, c: int) -> Module:
-        import operator
-
         try:
             if isinstance(c, bool):
                 raise TypeError
@@ -255,7 +260,7 @@ class ModuleSet:
         if not self.modules:
             return np.zeros((_n(x), 0), np.float32), None, None
         if shared_pass:
-            from .compose import compose_margins
+            from .compose import compose_margins  # Numba loads when composing, not on import
 
             res = compose_margins(self.modules, x, batch_size, progress)
             return res.margins, res.flagged_fraction, res.recomputed_fraction
@@ -287,8 +292,6 @@ class ModuleSet:
         which the module's masks changed a value, so that it needed a real, partial pass) and
         `recomputed_passes` (the work of those recomputations in full model passes per
         image). With a dask `client`, the images are processed as partitions on the cluster."""
-        from .decompose.recording import check_labels
-
         n_classes = self.modules[0]._head.weights["kernel"].shape[1] if self.modules else 0
         y = check_labels(y, _n(x), n_classes, "evaluate")
         flagged = work = None
@@ -331,11 +334,6 @@ class ModuleSet:
     # -- files ----------------------------------------------------------------------------
     def save(self, path) -> Path:
         """Write all modules to one HDF5 module file (atomically)."""
-        import h5py
-
-        from . import __version__
-        from .fileio import atomic_path
-
         g = self.model.graph
         src = self.model.source_graph
         with atomic_path(path, suffix=".h5") as tmp:
@@ -381,8 +379,6 @@ class ModuleSet:
 def _relative_source(model_path: str, module_path) -> str:
     """The model file as a path relative to the module file's folder (what `load_modules`
     resolves it against); "" when there is none or no relative path exists (another drive)."""
-    import os
-
     if not model_path:
         return ""
     try:
@@ -400,11 +396,6 @@ def load_modules(path, model=None) -> ModuleSet:
     stored there. Every part of the file is checked against that model before use, so a
     damaged or tampered file gives a ModuleFileError naming the part.
     """
-    import h5py
-
-    from .fileio import regular_file
-    from .reader import HDF5_ERRORS
-
     path = regular_file(path, ModuleFileError, "module file")
     label = f"module file {str(path)!r}"
     try:
@@ -423,8 +414,6 @@ def load_modules(path, model=None) -> ModuleSet:
 
 def _attr(f, key: str, label: str, kind: type = str):
     """A required root or group attribute, as text, int or parsed JSON (kind=dict)."""
-    from .reader.weights import text
-
     if key not in f.attrs:
         raise ModuleFileError(f"{label}: attribute {key!r} is missing; the file is damaged")
     value = f.attrs[key]
@@ -432,7 +421,7 @@ def _attr(f, key: str, label: str, kind: type = str):
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
             raise ModuleFileError(f"{label}: attribute {key!r} is {value!r}, not an integer")
         return int(value)
-    value = text(value, label, f"attribute {key!r}")
+    value = attribute_text(value, label, f"attribute {key!r}")
     if kind is dict:
         try:
             return json.loads(value)
@@ -461,8 +450,6 @@ def _source_model(f, path: Path, label: str):
                               f"--model)")
     want = _attr(f, "model_sha256", label)
     if want:
-        from .fileio import sha256_file
-
         if sha256_file(resolved) != want:
             raise ModuleFileError(f"{label}: the file at {str(resolved)!r} is not the model "
                                   f"it was made from (sha256 differs); pass model=<the model> "
@@ -471,10 +458,6 @@ def _source_model(f, path: Path, label: str):
 
 
 def _read_module_file(f, path: Path, label: str, model) -> ModuleSet:
-    from . import load_model
-    from .decompose.channeling import CHANNELINGS, find_head
-    from .interpreter import Model
-
     if f.attrs.get("format") != FORMAT:
         raise ModuleFileError(f"{label} is not a refdecomp module file (format attribute "
                               f"{f.attrs.get('format')!r})")
@@ -494,7 +477,6 @@ def _read_module_file(f, path: Path, label: str, model) -> ModuleSet:
             f"model (its graph or weights differ)")
     head, _ = find_head(model.graph)
     n_features, n_classes = head.weights["kernel"].shape
-    import h5py
 
     groups = f.get("modules")
     if not isinstance(groups, h5py.Group):
@@ -544,10 +526,6 @@ def _read_preprocessing(f, label: str):
     """The `Preprocessing` a module file records (attribute "preprocessing", a JSON object of
     options, and the fitted statistics as datasets under "preprocessing/"), or None for files
     that record none (those written before preprocessing existed are read as raw pixels)."""
-    import h5py
-
-    from .preprocessing import Preprocessing
-
     if "preprocessing" not in f.attrs:
         return None
     spec = _attr(f, "preprocessing", label, dict)
@@ -574,8 +552,6 @@ def _read_preprocessing(f, label: str):
 
 def _array(grp, key: str, where: str, shape: tuple) -> np.ndarray:
     """A float dataset of exactly `shape` (read only after its shape and dtype are checked)."""
-    import h5py
-
     d = grp.get(key)
     if not isinstance(d, h5py.Dataset):
         raise ModuleFileError(f"{where}: dataset {key!r} is missing")
@@ -591,17 +567,13 @@ def _array(grp, key: str, where: str, shape: tuple) -> np.ndarray:
 def _read_bitmaps(group, graph: Graph, where: str) -> dict[str, np.ndarray]:
     """{node: uint8 0/1 map} from datasets written with np.packbits and a `shape` attribute;
     each shape must be the node's own, checked before anything is unpacked."""
-    import h5py
-
-    from .reader.weights import text
-
     if not isinstance(group, h5py.Group):
         raise ModuleFileError(f"{where}: not a group")
     out = {}
     for d in group.values():
         if not isinstance(d, h5py.Dataset):
             raise ModuleFileError(f"{where}: {d.name!r} is not a dataset")
-        node = text(d.attrs["node"], where, "a mask's node name") if "node" in d.attrs else ""
+        node = attribute_text(d.attrs["node"], where, "a mask's node name") if "node" in d.attrs else ""
         if node not in graph or not graph[node].weighted:
             raise ModuleFileError(f"{where}: mask for {node!r}, which is not a conv2d / dense "
                                   f"node of the model")

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import metrics
+from .decompose import build_modules
 from .report import command_line, markdown_table, write_report
 
 #: The paper's decomposition cost on CIFAR-10 ResNet-20 and the size targets (issue's terms).
@@ -29,8 +30,6 @@ def sweep(model, obs, x, y, *, thresholds: Sequence[float], granularities: Seque
           delta: float = 0.5, batch_size: int = 256, class_names=None,
           progress: bool = False) -> dict[str, Any]:
     """Evaluate every setting on images `x` labelled `y` (see module docstring)."""
-    from . import build_modules
-
     y = np.asarray(y).reshape(-1)
     probs = model.predict(x, batch_size)
     base = {"top1": metrics.top_k_accuracy(probs, y, 1),

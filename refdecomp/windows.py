@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import InternalError
+
 
 def out_size_and_pads(size: int, kernel: int, stride: int, padding: str,
                       dilation: int = 1) -> tuple[int, int, int]:
@@ -19,7 +21,8 @@ def out_size_and_pads(size: int, kernel: int, stride: int, padding: str,
         out = -(-size // stride)
         total = max((out - 1) * stride + span - size, 0)
         return out, total // 2, total - total // 2
-    raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+    # the reader refuses any other padding, so reaching here is a bug
+    raise InternalError(f"padding must be 'valid' or 'same', got {padding!r}")
 
 
 def geometry(in_hw, kernel, strides, padding, dilation=(1, 1)):

@@ -181,3 +181,28 @@ def test_evaluate_command_reports_the_saved_modules(module_set, digits, tmp_path
         metrics.top_k_accuracy(scores, digits.y_test, 1, module_set.classes))
     assert data["model_file"].endswith("digits_cnn.h5")
     assert (tmp_path / "r" / "report.md").read_text().startswith("# Decomposition of ")
+
+
+@pytest.mark.parametrize("error, status, traceback", [
+    (refdecomp.InternalError("graph: node 'x' reads 'y' before it is produced"), 70, True),
+    (refdecomp.DataError("labels: 3 labels for 4 images"), 2, False)])
+def test_cli_reports_bugs_with_a_traceback_and_bad_input_in_one_line(monkeypatch, capsys, error,
+                                                                     status, traceback):
+    """A broken invariant (`InternalError`) is a bug: traceback, a request to report it, exit
+    status 70. Bad input (`RefdecompError`) is one line naming what is wrong, exit status 2."""
+    from refdecomp import cli
+
+    def failing(args):
+        raise error
+    monkeypatch.setattr(cli, "cmd_inspect", failing)
+    assert cli.main(["inspect", str(DIGITS_MODEL)]) == status
+    err = capsys.readouterr().err
+    assert ("Traceback" in err) is traceback
+    assert ("bug in refdecomp" in err and "report" in err) is traceback
+    if not traceback:
+        assert err.strip() == f"refdecomp inspect: error: {error}"
+
+
+def test_internal_error_is_not_a_user_error():
+    """Code that catches bad input (`except RefdecompError`) never takes a bug for it."""
+    assert not issubclass(refdecomp.InternalError, refdecomp.RefdecompError)

@@ -109,3 +109,14 @@ def test_reference_ops_do_not_import_the_kernels():
                 continue
             assert not any("kernels" in n.split(".") for n in names), \
                 f"{path.name}:{node.lineno} imports {names}"
+
+
+def test_unknown_padding_is_a_broken_invariant():
+    """The reader refuses paddings other than valid / same, so one reaching the geometry is a
+    bug in refdecomp, not bad input."""
+    import pytest
+
+    from refdecomp.errors import InternalError
+
+    with pytest.raises(InternalError, match="padding"):
+        out_size_and_pads(5, 3, 1, "causal")

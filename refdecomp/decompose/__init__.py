@@ -10,6 +10,7 @@ Concern + Tangling Identification (concern.py, tangling.py), channeling of the h
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -17,11 +18,24 @@ import numpy as np
 
 from ..errors import DataError, RefdecompError
 from .backtrack import MODES, prune_masks
-from .channeling import (CHANNELINGS, DELTA_RULES, DELTA_SCALES, channel_weights,
-                         channeled_graph, check_channeling, delta_removals, delta_threshold,
-                         find_head, head_weights)
+from .channeling import (
+    CHANNELINGS,
+    DELTA_RULES,
+    DELTA_SCALES,
+    channel_weights,
+    channeled_graph,
+    check_channeling,
+    delta_removals,
+    delta_threshold,
+    find_head,
+    head_weights,
+)
 from .concern import GRANULARITIES, activity_masks, check_activity_options, keep_masks
 from .recording import GroupPlan, check_labels, plan_groups
+
+# `import refdecomp` binds this package's functions, so it keeps its top-level imports light:
+# the interpreter, the model loader and `refdecomp.modules` (which imports this package) are
+# imported inside the functions that use them.
 
 __all__ = ["decompose", "observe", "build_modules", "Observation", "BACKTRACK_MODES",
            "DELTA_RULES", "DELTA_SCALES", "CHANNELINGS", "GRANULARITIES"]
@@ -170,8 +184,6 @@ def _check_finite(x, chunk: int = 4096) -> None:
 def _warn_degenerate(plan, n_classes: int) -> None:
     """Say which modules would be built from no image of their own class, or from no image at
     all: their masks then keep nothing, or only what other classes activate."""
-    import warnings
-
     absent = [c for c in range(n_classes) if plan.class_counts[c] == 0]
     blind = [c for c in range(n_classes) if not plan.observed(c).any()]
     if blind:
@@ -289,7 +301,7 @@ def _as_model(model):
     if isinstance(model, Model):
         return model
     if isinstance(model, (str, os.PathLike)):
-        from .. import load_model
+        from ..loading import load_model
 
         return load_model(model)
     raise RefdecompError(f"argument model: expected a refdecomp Model or a model file path, got "

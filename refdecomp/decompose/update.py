@@ -17,16 +17,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError
+from ..interpreter import Recorder
+from ..modules import Module
+from . import _n_images
+from .backtrack import prune_masks
 
 
 def update_module(module, x, *, batch_size: int = 256, progress: bool = False):
     """A new `Module`: `module` after observing images `x` as unconcerned inputs."""
-    from ..interpreter import Recorder
-    from ..modules import Module
-    from .backtrack import prune_masks
-
-    from . import _n_images
-
     n = _n_images(x)
     if n == 0:
         raise DataError("update: no unconcerned images given")

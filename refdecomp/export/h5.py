@@ -7,6 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .._version import __version__
 from ..graph import Graph
 
 #: The Keras dialect of the written config and weight layout (tf.keras 2 HDF5 format).
@@ -16,8 +17,6 @@ KERAS_DIALECT_VERSION = "2.21.0"
 def write_h5(tmp: Path, config: dict, layers: list, graph: Graph) -> None:
     """The legacy HDF5 model file: config and provenance attributes, then each layer's weights
     in `layers` order (Keras loads them by position)."""
-    from .. import __version__  # noqa: PLC0415  (the package imports this module)
-
     str_dt = h5py.string_dtype()
     with h5py.File(tmp, "w") as f:
         f.attrs["model_config"] = json.dumps(config)

@@ -5,8 +5,16 @@ import argparse
 import re
 from typing import Any, Callable
 
+import numpy as np
+
+from ..cli_options import limited, module_preprocessing, preprocessing_from_args
+from ..datasets import load_dataset
+from ..decompose.update import update_module
 from ..errors import RefdecompError
+from ..experiments import as_input, parse_classes
+from ..modules import ModuleSet, load_modules
 from ..report import markdown_table, write_report
+from .reuse import Pick, class_images, evaluate_replace, evaluate_reuse, replace_table
 
 PICK = re.compile(r"^(?P<file>.+):(?P<cls>\d+)@(?P<data>[^@]+)$")
 
@@ -27,9 +35,6 @@ def _modules(path: str, args: argparse.Namespace | None = None, ds=None):
     """The module set in `path`, its preprocessing settled once: the one the file records, or
     (for a file that records none) the one the options state, fitted on `ds`'s training
     split."""
-    from ..cli_options import module_preprocessing, preprocessing_from_args
-    from ..modules import load_modules
-
     key = ("modules", path)
     if key not in _loaded:
         ms = load_modules(path)
@@ -41,8 +46,6 @@ def _modules(path: str, args: argparse.Namespace | None = None, ds=None):
 
 
 def _dataset(name: str, data_dir: str | None):
-    from ..datasets import load_dataset
-
     key = ("dataset", name, data_dir)
     if key not in _loaded:
         _loaded[key] = load_dataset(name, data_dir=data_dir)
@@ -50,8 +53,6 @@ def _dataset(name: str, data_dir: str | None):
 
 
 def _picks(args: argparse.Namespace):
-    from .reuse import Pick
-
     picks = []
     for text in args.pick:
         file, cls, data = parse_pick(text)
@@ -64,8 +65,6 @@ def _picks(args: argparse.Namespace):
 
 
 def run_reuse(args: argparse.Namespace) -> dict[str, Any]:
-    from .reuse import evaluate_reuse
-
     picks = _picks(args)
     res = evaluate_reuse(picks, update=args.update, update_limit=args.update_limit,
                          batch_size=args.batch_size, progress=not args.no_progress)
@@ -78,12 +77,8 @@ def run_reuse(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_replace(args: argparse.Namespace) -> dict[str, Any]:
-    from .reuse import evaluate_replace, replace_table
-
     ds = _dataset(args.data, args.data_dir)
     target, donor = _modules(args.target, args, ds), _modules(args.donor, args, ds)
-    from ..cli_options import limited
-    from ..experiments import parse_classes
 
     x, y = limited(args, ds).split("test")
     classes = (parse_classes(args.classes, "--classes") if args.classes
@@ -98,13 +93,6 @@ def run_replace(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_update(args: argparse.Namespace) -> dict[str, Any]:
-    import numpy as np
-
-    from ..decompose.update import update_module
-    from ..modules import ModuleSet
-    from ..experiments import as_input
-    from .reuse import class_images
-
     images, datasets = [], []
     for text in args.unconcerned:
         cls, _, data = text.partition("@")

@@ -20,8 +20,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import metrics
+from ..decompose.tangling import tangling_counts
+from ..decompose.update import update_module
 from ..errors import DataError
 from ..experiments import as_input as _as_input
+from ..report import markdown_table
 
 
 @dataclass
@@ -84,7 +87,7 @@ def compose_scores(modules: Sequence[Any], x: np.ndarray, batch_size: int = 256,
     modules ranks them. One shared pass per source model and preprocessing
     (`refdecomp.compose`). `x`: raw images; each module sees them through its own
     preprocessing, so modules of models trained with different input conventions compose."""
-    from ..compose import compose_margins
+    from ..compose import compose_margins  # Numba loads when composing, not on import
 
     modules = list(modules)
     inputs = _Inputs(x)
@@ -137,9 +140,6 @@ def update_modules(picks: Sequence[Pick], *, limit: int | None = None, batch_siz
     as unconcerned inputs and is re-modularized. Per other class it takes `limit` images, by
     default floor(E / (k - 1)) as tangling identification does (E: the module's own class's
     training images, k: the number of picks), and at least one."""
-    from ..decompose.tangling import tangling_counts
-    from ..decompose.update import update_module
-
     own = [int(np.sum(p.dataset.split("train")[1] == p.class_index)) for p in picks]
     counts = tangling_counts(np.array(own), "balanced" if limit is None else int(limit))
     updated = []
@@ -181,8 +181,6 @@ def evaluate_replace(target, donor, classes: Sequence[int], x: np.ndarray, y: np
 def replace_table(res: dict[str, Any], class_names: Sequence[str] | None = None) -> str:
     """Markdown table of `evaluate_replace`'s result: each replaced class's composed top-1 /
     top-5 and their change against the composition without replacement."""
-    from ..report import markdown_table
-
     base = res["composed"]
     rows = [[class_names[r["class"]] if class_names is not None else r["class"],
              f"{100 * r['top1']:.2f}%", f"{100 * r['top5']:.2f}%",
