@@ -36,7 +36,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import metrics
-from .decompose.backtrack import flat_index_map
 from .decompose.channeling import channel_weights, find_head
 from .errors import DataError, ModelFormatError, RefdecompError, describe_layer
 from .graph import Graph, Node
@@ -45,11 +44,6 @@ from .ops.reference import maps_zero_to_zero
 # `import refdecomp` binds `audit_modules`, so the reader, the interpreter, the reports and the
 # model loader are imported inside the functions that use them, keeping that import light.
 
-#: Ops a unit's value passes through unchanged in its channel on the way to the next weighted
-#: layer (the "outgoing weights" of a unit are the consumers' kernel entries reading it).
-_CHANNEL_PRESERVING = frozenset({"activation", "prelu", "batch_norm", "rescaling",
-                                 "normalization", "identity", "max_pool2d", "avg_pool2d",
-                                 "zero_pad2d", "add"})
 #: Two outputs agree when they differ by at most this much (probabilities).
 OUTPUT_TOLERANCE = 1e-5
 #: How many cut-off units the Markdown report lists per module.
@@ -268,25 +262,11 @@ def _outgoing_readers(graph: Graph, node: Node) -> list[tuple[str, np.ndarray, b
             r = graph[reader]
             if r.weighted:
                 found.append((reader, _rows_of(r, units), alone))
-            elif r.op in _CHANNEL_PRESERVING:
-                keeps = (r.op in ("identity", "max_pool2d", "avg_pool2d", "zero_pad2d")
-                         or (r.op == "activation" and _keeps_zero(r.attrs.get("activation"))))
-                todo.append((reader, _same_channels(r, units, name), alone and keeps))
-            elif r.op in ("flatten", "reshape"):
-                todo.append((reader, np.asarray(units).reshape(-1)[
-                    flat_index_map(r, graph[name].shape)].reshape(r.shape), alone))
-            elif r.op in ("global_avg_pool2d", "global_max_pool2d") \
-                    and not r.attrs.get("keepdims"):
-                cf = r.attrs.get("data_format") == "channels_first"
-                todo.append((reader, np.asarray(units)[:, 0, 0] if cf
-                             else np.asarray(units)[0, 0, :], alone))
-            elif r.op == "concatenate":
-                axis = r.attrs["axis"] - 1 if r.attrs["axis"] > 0 else r.attrs["axis"]
-                parts = [np.asarray(units) if s == name else np.full(graph[s].shape, -1)
-                         for s in r.inputs]
-                todo.append((reader, np.concatenate(parts, axis=axis), alone))
-            else:
-                return None
+            else:   # the op's unit flow (refdecomp/ops/defs/), None: not followed
+                flow = r.spec.units and r.spec.units(r, units, name, graph)
+                if not flow:
+                    return None
+                todo.append((reader, flow[0], alone and flow[1]))
     return found
 
 
@@ -295,22 +275,11 @@ def _keeps_zero(act: Mapping[str, Any] | None) -> bool:
     return not act or maps_zero_to_zero(act)
 
 
-def _same_channels(node: Node, units: np.ndarray, source: str) -> np.ndarray:
-    """Unit map after a channel-preserving op (pooling and padding change positions only)."""
-    units = np.asarray(units)
-    if units.shape == tuple(node.shape):
-        return units
-    cf = node.attrs.get("data_format") == "channels_first"
-    per_channel = units[:, 0, 0] if cf else units[0, 0, :]
-    shape = [1] * len(node.shape)
-    shape[0 if cf else -1] = -1
-    return np.broadcast_to(per_channel.reshape(shape), node.shape)
-
-
 def _rows_of(reader: Node, units: np.ndarray) -> np.ndarray:
-    """Unit index feeding each input row (dense) or input channel (conv2d) of `reader`."""
+    """Unit index feeding each input row (a (in, out) kernel: dense) or input channel (a
+    (KH, KW, Cin, ...) kernel: conv2d, depthwise_conv2d) of `reader`."""
     units = np.asarray(units)
-    if reader.op == "dense":
+    if reader.weights["kernel"].ndim == 2:
         return units.reshape(-1, reader.weights["kernel"].shape[0])[0]
     cf = reader.attrs.get("data_format") == "channels_first"
     return units[:, 0, 0] if cf else units.reshape(-1, units.shape[-1])[0]

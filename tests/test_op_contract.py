@@ -263,6 +263,33 @@ def test_weighted_rules(op, i):
                                + shift.reshape(bshape), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("op, i", [c for c in CASES if registry.spec(c[0]).units],
+                         ids=[f"{op}-{i}" for op, i in CASES if registry.spec(op).units])
+def test_unit_flow_rule(op, i):
+    """Auditing's unit flow: an output element labelled with input channel c changes only
+    with channel c, and is 0 when channel c is 0 if the rule says a zero stays zero."""
+    node, graph, xs, rng = _instance(op, i)
+    shape = xs[0].shape[1:]
+    axis = (0 if node.attrs.get("data_format") == "channels_first" else 2) \
+        if len(shape) == 3 else len(shape) - 1
+    units = np.broadcast_to(np.arange(shape[axis]).reshape(
+        [-1 if a == axis else 1 for a in range(len(shape))]), shape)
+    flow = node.spec.units(node, units, node.inputs[0], graph)
+    if flow is None:
+        return
+    labels, keeps_zero = flow
+    assert labels.shape == node.shape
+    c = 0
+    other = (labels >= 0) & (labels != c)
+    zeroed = [np.where(units[None] == c, 0, xs[0]).astype(np.float32), *xs[1:]]
+    y0 = node.spec.reference(node, zeroed)
+    y1 = node.spec.reference(node, _perturbed(zeroed, [units == c] + [np.zeros(x.shape[1:], bool)
+                                                                    for x in xs[1:]], rng))
+    np.testing.assert_allclose(y1[:, other], y0[:, other], rtol=1e-6, atol=1e-6)
+    if keeps_zero:
+        assert (y0[:, labels == c] == 0).all()
+
+
 # -- compaction: producers with whole channels masked, the op, a consumer -----------------------
 def _producer(name: str, src: Node, rng, fmt: str):
     """A weighted node (1x1 conv2d or dense) of the same shape as `src`, reading `src`."""

@@ -21,6 +21,9 @@ kept                      metrics: the kept map of the output from the input's (
 used_weights              weighted ops, metrics: which kernel entries a module keeps
 compaction                `refdecomp.ops.channels` rule: which channels may be dropped
 export                    Keras export (`refdecomp.export`): the layer(s) giving the node's value
+units                     auditing other tools' modules (`refdecomp.audit_modules`): how a map of
+                          unit ids (-1: none) passes to the output, and whether a zero stays zero
+                          (None: not followed)
 ========================  =====================================================================
 
 `tests/test_op_contract.py` walks every registered op and checks each rule against the
@@ -84,6 +87,7 @@ class OpSpec:
     channel_axis: Callable[["Node"], int] | None = None
     scale_outputs: Callable[..., dict] | None = None
     used_weights: Callable[..., "np.ndarray"] | None = None
+    units: Callable[..., tuple | None] | None = None
 
     def __post_init__(self) -> None:
         if self.weighted and None in (self.linear, self.channel_axis, self.scale_outputs,

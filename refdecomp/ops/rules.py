@@ -1,5 +1,6 @@
 """Helpers shared by the rules of several ops (`refdecomp/ops/defs/`): sliding windows for
-liveness and kept weights, index maps of flatten / reshape, the data_format of a node."""
+liveness and kept weights, index maps of flatten / reshape, the data_format of a node, unit
+flows (`OpSpec.units`)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -72,6 +73,35 @@ def along_axis(out: np.ndarray, axis) -> np.ndarray:
     axes = axis if isinstance(axis, (tuple, list)) else (axis,)
     axes = tuple(nonbatch_axis(a) for a in axes)
     return np.broadcast_to(out.any(axis=axes, keepdims=True), out.shape).copy()
+
+
+def per_channel(node, units: np.ndarray) -> np.ndarray:
+    """A map of the node's output shape holding, per channel, the value `units` (of the
+    input's shape, channel-wise constant) has in that channel (pooling, padding and
+    upsampling change positions only)."""
+    units = np.asarray(units)
+    if units.shape == tuple(node.shape):
+        return units
+    cf = channels_first(node)
+    channel = units[:, 0, 0] if cf else units[0, 0, :]
+    shape = [1] * len(node.shape)
+    shape[0 if cf else -1] = -1
+    return np.broadcast_to(channel.reshape(shape), node.shape)
+
+
+def units_same(node, units, src, graph):
+    """Unit flow of an element-wise op that maps 0 to 0: the same units, a zero stays zero."""
+    return units, True
+
+
+def units_mixed(node, units, src, graph):
+    """Unit flow of an element-wise op that may not map 0 to 0 (batch norm, rescaling, ...)."""
+    return units, False
+
+
+def units_spatial(node, units, src, graph):
+    """Unit flow of pooling / padding / upsampling: each channel keeps its unit."""
+    return per_channel(node, units), True
 
 
 def same_live(node, out, in_shapes, mode) -> list[np.ndarray]:

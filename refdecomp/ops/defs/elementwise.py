@@ -9,7 +9,7 @@ from ...reader.shapes import check_scales
 from .. import reference as ref
 from ..channels import Barrier, SameChannels
 from ..registry import KerasLayer, OpSpec, register
-from ..rules import along_axis, same_kept, same_live
+from ..rules import along_axis, same_kept, same_live, units_mixed, units_same
 
 
 def _same_shape(attrs, weights, shapes, where):
@@ -57,6 +57,12 @@ def activation_live(node, out, in_shapes, mode):
 
 def activation_kept(node, kin, in_shape):
     return None if _is_softmax(node) else kin
+
+
+def activation_units(node, units, src, graph):
+    if _is_softmax(node):
+        return None
+    return units, ref.maps_zero_to_zero(node.activation)
 
 
 def export_activation(node, k) -> str:
@@ -244,14 +250,15 @@ register(
            keras={"Activation": KerasLayer(read_activation), "ReLU": KerasLayer(read_relu),
                   "LeakyReLU": KerasLayer(read_leaky_relu), "ELU": KerasLayer(read_elu)},
            shape=_same_shape, reference=ref.activation, liveness=activation_live,
-           kept=activation_kept, export=export_activation,
+           kept=activation_kept, export=export_activation, units=activation_units,
            compaction=SameChannels(when=lambda node: ref.maps_zero_to_zero(node.activation))),
     OpSpec(name="prelu", attrs="shared_axes (tuple or None)",
            weights="alpha (shape of input with shared axes = 1)",
            keras={"PReLU": KerasLayer(read_prelu, lambda layer: (["alpha"], []),
                                       prelu_expected)},
            shape=_same_shape, reference=ref.prelu, liveness=same_live, kept=same_kept,
-           compaction=SameChannels(per_channel=("alpha",)), export=export_prelu),
+           units=units_mixed, compaction=SameChannels(per_channel=("alpha",)),
+           export=export_prelu),
     OpSpec(name="softmax", attrs="axis", keras={"Softmax": KerasLayer(read_softmax)},
            shape=_same_shape, reference=ref.softmax_op,
            liveness=lambda node, out, in_shapes, mode: [along_axis(out,
@@ -265,25 +272,25 @@ register(
            keras={"BatchNormalization": KerasLayer(read_batch_norm, batch_norm_roles,
                                                    batch_norm_expected)},
            shape=_same_shape, reference=ref.batch_norm, liveness=same_live, kept=same_kept,
-           compaction=Barrier(), export=export_batch_norm),
+           units=units_mixed, compaction=Barrier(), export=export_batch_norm),
     OpSpec(name="rescaling",
            attrs="scale, offset (floats or lists broadcast on the last axis)",
            keras={"Rescaling": KerasLayer(read_rescaling)},
            shape=rescaling_shape, reference=ref.rescaling, liveness=same_live, kept=same_kept,
-           compaction=Barrier(), export=export_rescaling),
+           units=units_mixed, compaction=Barrier(), export=export_rescaling),
     OpSpec(name="normalization",
            attrs="axis (tuple); (x - mean) / max(sqrt(variance), 1e-7) (Keras 3)",
            weights="mean, variance",
            keras={"Normalization": KerasLayer(read_normalization, normalization_roles,
                                               lambda layer, shapes, dialect: {"count": 1})},
            shape=_same_shape, reference=ref.normalization, liveness=same_live, kept=same_kept,
-           compaction=Barrier(), export=export_normalization),
+           units=units_mixed, compaction=Barrier(), export=export_normalization),
     OpSpec(name="identity",
            attrs="- (Dropout, SpatialDropout2D, GaussianNoise, ... at inference)",
            keras={c: _IDENTITY for c in ("Dropout", "SpatialDropout2D", "GaussianNoise",
                                          "GaussianDropout", "AlphaDropout",
                                          "ActivityRegularization")},
            shape=_same_shape, reference=ref.identity, liveness=same_live, kept=same_kept,
-           compaction=SameChannels(),
+           units=units_same, compaction=SameChannels(),
            export=lambda node, k: k.add("Activation", {"activation": "linear"})),
 )

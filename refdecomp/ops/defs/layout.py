@@ -8,7 +8,7 @@ from ...reader.shapes import ShapeError, from_hwc, hwc, prod, reshape_shape
 from .. import reference as ref
 from ..channels import Barrier, Flatten, Spatial
 from ..registry import KerasLayer, OpSpec, register
-from ..rules import channels_first, flat_index_map
+from ..rules import channels_first, flat_index_map, units_spatial
 
 
 # -- flatten / reshape --------------------------------------------------------------------------
@@ -33,6 +33,11 @@ def permuted_live(node, out, in_shapes, mode):
 
 def permuted_kept(node, kin, in_shape):
     return kin.reshape(-1)[flat_index_map(node, in_shape)].reshape(node.shape)
+
+
+def permuted_units(node, units, src, graph):
+    return np.asarray(units).reshape(-1)[flat_index_map(node, graph[src].shape)].reshape(
+        node.shape), True
 
 
 def export_flatten(node, k) -> str:
@@ -85,15 +90,15 @@ register(
            keras={"Flatten": KerasLayer(read_flatten)},
            shape=lambda attrs, weights, shapes, where: (prod(shapes[0]),),
            reference=ref.flatten, liveness=permuted_live, kept=permuted_kept,
-           compaction=Flatten(), export=export_flatten),
+           units=permuted_units, compaction=Flatten(), export=export_flatten),
     OpSpec(name="reshape", attrs="target_shape (tuple, may hold one -1)",
            keras={"Reshape": KerasLayer(read_reshape)},
            shape=lambda attrs, weights, shapes, where: reshape_shape(
                shapes[0], tuple(attrs["target_shape"])),
            reference=ref.reshape, liveness=permuted_live, kept=permuted_kept,
-           compaction=Barrier(), export=export_reshape),
+           units=permuted_units, compaction=Barrier(), export=export_reshape),
     OpSpec(name="zero_pad2d", attrs="padding ((top, bottom), (left, right)), data_format",
            keras={"ZeroPadding2D": KerasLayer(read_zero_pad)},
            shape=zero_pad_shape, reference=ref.zero_pad2d, liveness=zero_pad_live,
-           compaction=Spatial(), export=export_zero_pad),
+           units=units_spatial, compaction=Spatial(), export=export_zero_pad),
 )

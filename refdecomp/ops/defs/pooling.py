@@ -9,7 +9,7 @@ from ...reader.shapes import from_hwc, hwc, window_shape
 from .. import reference as ref
 from ..channels import Spatial
 from ..registry import KerasLayer, OpSpec, register
-from ..rules import channels_first, through_windows
+from ..rules import channels_first, through_windows, units_spatial
 
 
 def _read_pool(op: str):
@@ -62,6 +62,14 @@ def global_liveness(node, out, in_shapes, mode):
     return [np.broadcast_to(live, in_shapes[0]).copy()]
 
 
+def global_units(node, units, src, graph):
+    """Each channel of the output is its channel's unit (keepdims maps are not followed)."""
+    if node.attrs.get("keepdims"):
+        return None
+    units = np.asarray(units)
+    return (units[:, 0, 0] if channels_first(node) else units[0, 0, :]), True
+
+
 def _export_global(cls: str):
     def export(node, k) -> str:
         return k.add(cls, {"data_format": node.attrs.get("data_format", "channels_last"),
@@ -75,21 +83,24 @@ register(
            keras={"MaxPooling2D": KerasLayer(_read_pool("max_pool2d")),
                   "MaxPool2D": KerasLayer(_read_pool("max_pool2d"))},
            shape=pool_shape, reference=ref.max_pool2d, lowering="max_pool",
-           liveness=pool_liveness, compaction=Spatial(), export=_export_pool("MaxPooling2D")),
+           liveness=pool_liveness, units=units_spatial, compaction=Spatial(),
+           export=_export_pool("MaxPooling2D")),
     OpSpec(name="avg_pool2d", attrs=_POOL_ATTRS,
            keras={"AveragePooling2D": KerasLayer(_read_pool("avg_pool2d")),
                   "AvgPool2D": KerasLayer(_read_pool("avg_pool2d"))},
            shape=pool_shape, reference=ref.avg_pool2d, lowering="avg_pool",
-           liveness=pool_liveness, compaction=Spatial(),
+           liveness=pool_liveness, units=units_spatial, compaction=Spatial(),
            export=_export_pool("AveragePooling2D")),
     OpSpec(name="global_avg_pool2d", attrs="data_format, keepdims",
            keras={"GlobalAveragePooling2D": KerasLayer(_read_global("global_avg_pool2d")),
                   "GlobalAvgPool2D": KerasLayer(_read_global("global_avg_pool2d"))},
            shape=global_shape, reference=ref.global_avg_pool2d, liveness=global_liveness,
-           compaction=Spatial(), export=_export_global("GlobalAveragePooling2D")),
+           units=global_units, compaction=Spatial(),
+           export=_export_global("GlobalAveragePooling2D")),
     OpSpec(name="global_max_pool2d", attrs="data_format, keepdims",
            keras={"GlobalMaxPooling2D": KerasLayer(_read_global("global_max_pool2d")),
                   "GlobalMaxPool2D": KerasLayer(_read_global("global_max_pool2d"))},
            shape=global_shape, reference=ref.global_max_pool2d, liveness=global_liveness,
-           compaction=Spatial(), export=_export_global("GlobalMaxPooling2D")),
+           units=global_units, compaction=Spatial(),
+           export=_export_global("GlobalMaxPooling2D")),
 )

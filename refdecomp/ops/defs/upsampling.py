@@ -9,6 +9,7 @@ from ...reader.shapes import from_hwc, hwc
 from ..channels import Spatial
 from ..reference import from_nhwc, to_nhwc
 from ..registry import KerasLayer, OpSpec, register
+from ..rules import units_spatial
 
 
 def read(layer, shapes, w, dialect) -> Lowered:
@@ -67,6 +68,7 @@ def export(node, k) -> str:
 register(OpSpec(
     name="upsample2d", attrs="size (2), data_format; nearest-neighbour",
     keras={"UpSampling2D": KerasLayer(read)},
-    shape=shape, reference=reference, liveness=liveness, kept=kept, compaction=Spatial(),
+    shape=shape, reference=reference, liveness=liveness, kept=kept, units=units_spatial,
+    compaction=Spatial(),
     export=export,
 ))
