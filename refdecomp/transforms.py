@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from .graph import Graph, Node
 from .ops.reference import batch_norm_scale_shift, maps_zero_to_zero
 
