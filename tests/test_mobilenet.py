@@ -43,19 +43,6 @@ def _relative_error(ours, ref) -> float:
     return float(np.max(np.abs(ours - ref)) / max(np.max(np.abs(ref)), 1e-30))
 
 
-def _randomize(model, seed: int) -> None:
-    """randomize_weights, plus depthwise / pointwise kernels ~ N(0, 1/fan_in)."""
-    randomize_weights(model, seed)
-    rng = np.random.default_rng(seed + 7)
-    for v in model.weights:
-        name = (getattr(v, "path", None) or v.name).split("/")[-1].split(":")[0]
-        shape = tuple(int(d) for d in v.shape)
-        if name == "depthwise_kernel":
-            v.assign(rng.normal(0, 1 / np.sqrt(shape[0] * shape[1]), shape).astype(np.float32))
-        elif name == "pointwise_kernel":
-            v.assign(rng.normal(0, 1 / np.sqrt(shape[2]), shape).astype(np.float32))
-
-
 @pytest.fixture(scope="module", params=["keras3", "tf_keras"])
 def K(request):
     return request.getfixturevalue(request.param)
@@ -136,7 +123,7 @@ def test_mobilenet_layers_match_keras(K, c, tmp_path_factory):
     folder = tmp_path_factory.mktemp("mobilenet")
     fmt = "channels_first" if c["channels_first"] else "channels_last"
     model = _build(K, c, fmt)
-    _randomize(model, c["seed"])
+    randomize_weights(model, c["seed"])
     twin = _build(K, c, "channels_last") if c["channels_first"] else model
     if c["channels_first"]:
         twin.set_weights(model.get_weights())      # kernels are layout-independent
@@ -157,7 +144,7 @@ def test_relu6_activation_string_matches_keras3(keras3, tmp_path):
     L = keras3.layers
     inp = keras3.Input((6, 6, 4))
     model = keras3.Model(inp, L.DepthwiseConv2D(3, padding="same", activation="relu6")(inp))
-    _randomize(model, 3)
+    randomize_weights(model, 3)
     for v in model.weights:                        # large values, so the cap at 6 matters
         v.assign(np.asarray(v) * 8)
     x = np.random.default_rng(0).standard_normal((4, 6, 6, 4)).astype(np.float32)
@@ -201,7 +188,7 @@ def mobilenet_v2_cifar(K, seed: int = 0):
     x = L.GlobalAveragePooling2D(name="pool")(x)
     out = L.Dense(10, activation="softmax", name="logits")(x)
     model = K.Model(inp, out, name="mobilenet_v2_cifar")
-    _randomize(model, seed)
+    randomize_weights(model, seed)
     return model
 
 
