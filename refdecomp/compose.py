@@ -140,7 +140,7 @@ class Composer:
         # activation has no value of its own, so adds among the seeds are asked for.
         seeded = {s for names in self.seeds.values() for s in names}
         self.pass_outputs = [self.head_input] + sorted(
-            s for s in seeded if g[s].op == "add" and s != self.head_input)
+            s for s in seeded if g[s].spec.lowering == "add" and s != self.head_input)
 
     def _masked_nodes(self, module, ancestors) -> list[MaskedNode]:
         """The module's masked nodes that can reach the head input, in execution order."""
