@@ -13,38 +13,9 @@ import threading
 import numpy as np
 from numba import njit
 
-# activation codes understood by the kernels (others are applied afterwards by the caller)
-ACT_CODES = {
-    "linear": 0, "relu": 1, "leaky_relu": 2, "elu": 3, "selu": 4, "sigmoid": 5,
-    "hard_sigmoid_keras2": 6, "hard_sigmoid_keras3": 7, "tanh": 8, "softplus": 9,
-    "softsign": 10, "exponential": 11, "swish": 12, "silu": 12, "relu6": 13, "gelu_tanh": 14,
-    "gelu_erf": 15, "mish": 16, "hard_silu": 17, "hard_swish": 17,
-}
-SELU_ALPHA = 1.6732632423543772848170429916717
-SELU_SCALE = 1.0507009873554804934193349852946
-
-
-def activation_code(act: dict) -> tuple[int, float, float, float] | None:
-    """(code, p0, p1, p2) for an activation dict, or None if the kernels do not implement it.
-
-    relu: p0 = max_value (inf for none), p1 = negative_slope, p2 = threshold;
-    leaky_relu: p1 = negative_slope; elu: p0 = alpha."""
-    name = act.get("name", "linear")
-    if name == "relu":
-        mv = act.get("max_value")
-        return 1, (math.inf if mv is None else float(mv)), float(act.get("negative_slope", 0.0)
-                                                                  or 0.0), \
-            float(act.get("threshold", 0.0) or 0.0)
-    if name == "leaky_relu":
-        return 2, 0.0, float(act.get("negative_slope", 0.2)), 0.0
-    if name == "elu":
-        return 3, float(act.get("alpha", 1.0)), 0.0, 0.0
-    if name == "hard_sigmoid":
-        name = "hard_sigmoid_" + act.get("dialect", "keras3")
-    if name == "gelu":
-        name = "gelu_tanh" if act.get("approximate", False) else "gelu_erf"
-    code = ACT_CODES.get(name)
-    return None if code is None else (code, 0.0, 0.0, 0.0)
+# The codes of `apply_activation` are those of refdecomp.activations.ACTIVATIONS (its
+# `activation_code` maps an activation dict to (code, p0, p1, p2)); a test checks every row.
+from ..activations import SELU_ALPHA, SELU_SCALE
 
 
 @njit(inline="always")
@@ -80,7 +51,7 @@ def relu_cap(code, p0, p1, p2):
 
 @njit(inline="always")
 def apply_activation(v, code, p0, p1, p2):
-    """Scalar activation (Keras formulas, see refdecomp.ops.reference)."""
+    """Scalar activation of kernel code `code` (Keras formulas, see refdecomp.activations)."""
     if code == 0:
         return v
     if code == 1:

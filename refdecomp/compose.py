@@ -34,7 +34,7 @@ from numba import njit
 from . import metrics
 from .errors import DataError, InternalError, RefdecompError
 from .interpreter import _progress, node_macs
-from .kernels.epilogue import activation_code
+from .activations import activation_code
 from .kernels.threads import parallel_parts
 
 #: default images per batch (the features of every module are held per batch)

@@ -16,9 +16,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from numba import njit
 
+from refdecomp.activations import activation_code
 from refdecomp.kernels import isa
 from refdecomp.kernels.depthwise import DepthwiseConv2D, depthwise_taps
-from refdecomp.kernels.epilogue import PerThreadCounts, activation_code
+from refdecomp.kernels.epilogue import PerThreadCounts
 from refdecomp.kernels.threads import blas_single_threaded
 from refdecomp.ops import reference as ref
 from refdecomp.ops.depthwise_reference import depthwise_conv2d, separable_conv2d

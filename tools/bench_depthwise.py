@@ -70,7 +70,7 @@ class Stack:
     def __init__(self, kmodel):
         from refdecomp.kernels.conv import Conv2D
         from refdecomp.kernels.depthwise import DepthwiseConv2D
-        from refdecomp.kernels.epilogue import activation_code
+        from refdecomp.activations import activation_code
 
         self.steps = []
         for layer in kmodel.layers:

@@ -22,7 +22,8 @@ import numpy as np
 
 def time_one_isa(images: int, positions: int, channels: int, repeats: int) -> None:
     """Best-of-`repeats` time of the epilogue (plain ReLU) on (images * positions, channels)."""
-    from refdecomp.kernels.epilogue import activation_code, epilogue
+    from refdecomp.activations import activation_code
+    from refdecomp.kernels.epilogue import epilogue
     from refdecomp.kernels.isa import ISA
 
     rows = images * positions

@@ -9,18 +9,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..activations import keras_form
 from ..errors import UnsupportedLayerError, describe_layer
 from ..graph import Graph, Node
 
 #: The registered name of the mask layer (`package>name`).
 NODE_MASK_NAME = "refdecomp>NodeMask"
-
-# Activations every Keras version names the same way (a string in the layer config).
-_STRING_ACTIVATIONS = {
-    "linear": "linear", "sigmoid": "sigmoid", "tanh": "tanh", "softplus": "softplus",
-    "softsign": "softsign", "exponential": "exponential", "selu": "selu",
-    "swish": "swish", "silu": "swish",
-}
 
 @dataclass
 class Layer:
@@ -146,42 +140,12 @@ def keras_layers(graph: Graph, masks: Mapping[str, np.ndarray]):
 
 
 def keras_activation(node: Node, act: Mapping[str, Any]) -> tuple[str, list[tuple[str, dict]]]:
-    """An activation as (config string, extra layers after it) valid in Keras 3 and tf_keras.
-
-    Parametrised activations become layers (ReLU, ELU, Softmax); hard_sigmoid, whose meaning
-    differs between Keras 2 and 3, becomes Rescaling + ReLU(max_value=1) in the given dialect.
-    """
-    name = act.get("name", "linear")
-    if name in _STRING_ACTIVATIONS:
-        return _STRING_ACTIVATIONS[name], []
-    if name == "relu":
-        cfg = {"max_value": _opt_float(act.get("max_value")),
-               "negative_slope": float(act.get("negative_slope") or 0.0),
-               "threshold": float(act.get("threshold") or 0.0)}
-        if cfg["max_value"] is None and cfg["negative_slope"] == 0 and cfg["threshold"] == 0:
-            return "relu", []
-        return "linear", [("ReLU", cfg)]
-    if name == "relu6":
-        return "linear", [("ReLU", {"max_value": 6.0, "negative_slope": 0.0, "threshold": 0.0})]
-    if name == "leaky_relu":
-        slope = float(act.get("negative_slope", act.get("alpha", 0.2)))
-        return "linear", [("ReLU", {"max_value": None, "negative_slope": slope,
-                                    "threshold": 0.0})]
-    if name == "elu":
-        alpha = float(act.get("alpha", 1.0))
-        return ("elu", []) if alpha == 1.0 else ("linear", [("ELU", {"alpha": alpha})])
-    if name == "softmax":
-        return "linear", [("Softmax", {"axis": int(act.get("axis", -1))})]
-    if name == "hard_sigmoid":
-        scale = 0.2 if act.get("dialect", "keras2") == "keras2" else 1.0 / 6.0
-        return "linear", [("Rescaling", {"scale": scale, "offset": 0.5}),
-                          ("ReLU", {"max_value": 1.0, "negative_slope": 0.0, "threshold": 0.0})]
-    if name == "gelu" and not act.get("approximate", False):
-        return "gelu", []
-    raise UnsupportedLayerError(
-        f"{describe_layer(node.name, node.keras_class)}: activation {dict(act)} has no "
-        "definition shared by Keras 3 and tf_keras")
-
-
-def _opt_float(v: Any) -> float | None:
-    return None if v is None else float(v)
+    """An activation as (config string, extra layers after it) valid in Keras 3 and tf_keras
+    (`refdecomp.activations.keras_form`: parametrised activations become layers, hard_sigmoid
+    Rescaling + ReLU(max_value=1) in its dialect)."""
+    form = keras_form(act)
+    if form is None:
+        raise UnsupportedLayerError(
+            f"{describe_layer(node.name, node.keras_class)}: activation {dict(act)} has no "
+            "definition shared by Keras 3 and tf_keras")
+    return form

@@ -11,11 +11,12 @@ from typing import Callable
 
 import numpy as np
 
+from ..activations import activation_code
 from ..kernels.add import add as add_kernel
 from ..kernels.conv import Conv2D
 from ..kernels.dense import Dense
 from ..kernels.depthwise import DepthwiseConv2D
-from ..kernels.epilogue import PerThreadCounts, activation_code
+from ..kernels.epilogue import PerThreadCounts
 from ..kernels.pool import pool2d
 
 from ..graph import Graph, Node

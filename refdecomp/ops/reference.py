@@ -6,99 +6,30 @@ Semantics follow Keras exactly (see the notes on each function).
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from ..windows import geometry
-
+from ..activations import (  # noqa: F401  (re-exported: part of the executable specification)
+    ACTIVATION_NAMES,
+    ACTIVATIONS,
+    SELU_ALPHA,
+    SELU_SCALE,
+    elu,
+    gelu,
+    hard_sigmoid,
+    relu,
+    sigmoid,
+    softmax,
+)
 from ..errors import RefdecompError, UnsupportedLayerError, describe_layer
 from ..graph import Node
+from ..windows import geometry
 from . import registry
 
 # --------------------------------------------------------------------------------------------
-# activations
+# activations: defined in refdecomp.activations, the one table of activations
 # --------------------------------------------------------------------------------------------
-SELU_ALPHA = 1.6732632423543772848170429916717
-SELU_SCALE = 1.0507009873554804934193349852946
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function."""
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype)
-
-
-def relu(x: np.ndarray, max_value=None, negative_slope: float = 0.0,
-         threshold: float = 0.0) -> np.ndarray:
-    """Keras relu: x where x > threshold else 0, clipped to [0, max_value] when a max is given,
-    minus negative_slope * relu(threshold - x)."""
-    y = np.where(x > threshold, x, 0).astype(x.dtype) if threshold != 0 else np.maximum(x, 0)
-    if max_value is not None:
-        y = np.clip(y, 0, max_value)
-    if negative_slope != 0:
-        if max_value is None and threshold == 0:
-            return np.where(x >= 0, x, negative_slope * x).astype(x.dtype)
-        y = y - negative_slope * np.maximum(threshold - x, 0)
-    return y.astype(x.dtype)
-
-
-def softmax(x: np.ndarray, axis=-1) -> np.ndarray:
-    m = np.max(x, axis=axis, keepdims=True)
-    e = np.exp(x - m)
-    return e / np.sum(e, axis=axis, keepdims=True)
-
-
-def _erf(x: np.ndarray) -> np.ndarray:
-    return np.vectorize(math.erf, otypes=[np.float64])(x.astype(np.float64))
-
-
-def gelu(x: np.ndarray, approximate: bool = False) -> np.ndarray:
-    if approximate:
-        c = math.sqrt(2.0 / math.pi)
-        return (0.5 * x * (1.0 + np.tanh(c * (x + 0.044715 * x ** 3)))).astype(x.dtype)
-    return (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(x.dtype)
-
-
-def elu(x: np.ndarray, alpha: float = 1.0) -> np.ndarray:
-    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))).astype(x.dtype)
-
-
-def hard_sigmoid(x: np.ndarray, dialect: str = "keras3") -> np.ndarray:
-    """keras2: clip(0.2 x + 0.5, 0, 1); keras3: clip(x / 6 + 0.5, 0, 1)."""
-    y = 0.2 * x + 0.5 if dialect == "keras2" else x / 6.0 + 0.5
-    return np.clip(y, 0, 1).astype(x.dtype)
-
-
-_ACTIVATIONS: dict[str, Callable[..., np.ndarray]] = {
-    "linear": lambda x: x,
-    "relu": relu,
-    "leaky_relu": lambda x, negative_slope=0.2: np.where(x >= 0, x, negative_slope * x)
-    .astype(x.dtype),
-    "elu": elu,
-    "selu": lambda x: (SELU_SCALE * elu(x, SELU_ALPHA)).astype(x.dtype),
-    "sigmoid": sigmoid,
-    "hard_sigmoid": hard_sigmoid,
-    "tanh": np.tanh,
-    "softplus": lambda x: np.logaddexp(0, x).astype(x.dtype),
-    "softsign": lambda x: x / (1 + np.abs(x)),
-    "softmax": softmax,
-    "exponential": np.exp,
-    "swish": lambda x: x * sigmoid(x),
-    "silu": lambda x: x * sigmoid(x),
-    "gelu": gelu,
-    "relu6": lambda x: np.clip(x, 0, 6),
-    "mish": lambda x: x * np.tanh(np.logaddexp(0, x)).astype(x.dtype),
-    "hard_silu": lambda x: x * hard_sigmoid(x, "keras3"),
-    "hard_swish": lambda x: x * hard_sigmoid(x, "keras3"),
-    "log_softmax": lambda x, axis=-1: x - np.max(x, axis=axis, keepdims=True) - np.log(
-        np.sum(np.exp(x - np.max(x, axis=axis, keepdims=True)), axis=axis, keepdims=True)),
-}
-
-ACTIVATION_NAMES = frozenset(_ACTIVATIONS)
-
-
 def maps_zero_to_zero(act: dict[str, Any]) -> bool:
     """Whether an element-wise activation maps 0 to 0 (so zero channels stay zero); softmax
     mixes its axis and is not element-wise."""
@@ -115,11 +46,11 @@ def activate(x: np.ndarray, act: dict[str, Any] | None, where: str = "activation
     if act is None:
         return x
     params = {k: v for k, v in act.items() if k != "name"}
-    fn = _ACTIVATIONS.get(act["name"])
-    if fn is None:
+    entry = ACTIVATIONS.get(act["name"])
+    if entry is None:
         raise UnsupportedLayerError(f"{where}: activation {act['name']!r} is not supported; "
-                                    f"supported: {', '.join(sorted(_ACTIVATIONS))}")
-    return np.asarray(fn(x, **params), dtype=x.dtype)
+                                    f"supported: {', '.join(sorted(ACTIVATIONS))}")
+    return np.asarray(entry.reference(x, **params), dtype=x.dtype)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..activations import from_keras
 from ..errors import ModelFormatError, UnsupportedLayerError
 from .config import MAX_DIM, LayerSpec, is_keras_module
 
@@ -122,10 +123,6 @@ def axes(axis: Any, rank: int, layer: LayerSpec, dialect: Dialect) -> tuple[int,
 # --------------------------------------------------------------------------------------------
 # Activations
 # --------------------------------------------------------------------------------------------
-_SIMPLE_ACTIVATIONS = {"linear", "sigmoid", "tanh", "softplus", "softsign", "selu",
-                       "exponential", "swish", "silu", "relu6"}
-
-
 def activation(value: Any, layer: LayerSpec, dialect: Dialect) -> dict[str, Any]:
     """Normalise a Keras activation (string or serialised function) to the IR's dict form."""
     if isinstance(value, dict):
@@ -137,21 +134,9 @@ def activation(value: Any, layer: LayerSpec, dialect: Dialect) -> dict[str, Any]
                                        f"from the program that saved the file")
         value = inner if isinstance(inner, str) else value.get("class_name")
     name = "linear" if value is None else str(value)
-    if name in _SIMPLE_ACTIVATIONS:
-        return {"name": name}
-    if name == "relu":
-        return {"name": "relu", "max_value": None, "negative_slope": 0.0, "threshold": 0.0}
-    if name == "leaky_relu":
-        return {"name": "leaky_relu", "negative_slope": 0.2}
-    if name == "elu":
-        return {"name": "elu", "alpha": 1.0}
-    if name == "softmax":
-        return {"name": "softmax", "axis": -1}
-    if name == "gelu":
-        return {"name": "gelu", "approximate": False}
-    if name == "hard_sigmoid":
-        return {"name": "hard_sigmoid",
-                "dialect": "keras3" if dialect.keras_major >= 3 else "keras2"}
+    act = from_keras(name, dialect.keras_major)  # defaults of the file's Keras version
+    if act is not None:
+        return act
     raise fail(layer, dialect, f"activation {name!r} is not supported")
 
 
