@@ -1,8 +1,9 @@
 """2-D convolution (NHWC, float32) as a register-blocked direct convolution: no im2col copy
 and no BLAS. Per chunk of images the input is copied once, zero-padded and laid out (row,
-channel, column) so that a block of adjacent output pixels reads adjacent floats; the generated micro-kernels of kernels/microkernels_<isa>.py (the variant
-`refdecomp.kernels.isa` chose for Numba's target CPU) compute the linear output block by block of channels, and the fused epilogue adds bias, records, activates and masks
-while the chunk is still in cache."""
+channel, column) so that a block of adjacent output pixels reads adjacent floats; the
+generated micro-kernels of kernels/microkernels_<isa>.py (the variant `refdecomp.kernels.isa`
+chose for Numba's target CPU) compute the linear output block by block of channels, and the
+fused epilogue adds bias, records, activates and masks while the chunk is still in cache."""
 from __future__ import annotations
 
 import importlib
@@ -11,12 +12,12 @@ import threading
 import numpy as np
 from numba import njit
 
+from ..windows import geometry
 from .epilogue import epilogue, recording_target
 from .isa import ISA
 from .jit import compile_vectorized
 from .microkernel_source import TILES, kernel_name
 from .threads import parallel_blocks
-from ..windows import geometry
 
 #: target size in floats of one chunk of linear output (images * positions * channels): 1 MB,
 #: an L2 cache, so the epilogue reads what the kernel has just written; fewer, larger chunks
@@ -127,8 +128,8 @@ class Conv2D:
                 for c0, nb, packed, kern in self.blocks:
                     kern(xf, x_img, x_row, wp, cin, packed, flat, cout, c0, nb, m, oh, ow,
                          kh, kw, sh, sw, dh, dw)
-                epilogue(rows, self.bias, *self.act, P, mask, msp, msc, recording_target(seen), ssp, ssc,
-                         groups[i0:i0 + m] if groups.shape[0] else groups)
+                epilogue(rows, self.bias, *self.act, P, mask, msp, msc, recording_target(seen),
+                         ssp, ssc, groups[i0:i0 + m] if groups.shape[0] else groups)
 
         parallel_blocks(block, n)
         return out.reshape(n, oh, ow, cout)

@@ -26,8 +26,8 @@ class Dense:
         def block(b0, b1):
             rows = slice(b0 * P, b1 * P)
             np.matmul(x2[rows], self.kernel, out=y[rows])
-            epilogue(y[rows], self.bias, *self.act, P, mask, msp, msc, recording_target(seen), ssp, ssc,
-                     groups[b0:b1] if groups.shape[0] else groups)
+            epilogue(y[rows], self.bias, *self.act, P, mask, msp, msc, recording_target(seen),
+                     ssp, ssc, groups[b0:b1] if groups.shape[0] else groups)
 
         parallel_blocks(block, n)
         return y.reshape(n, *lead, self.kernel.shape[1])

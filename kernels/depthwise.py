@@ -24,9 +24,9 @@ import threading
 import numpy as np
 from numba import njit
 
+from ..windows import geometry
 from .epilogue import epilogue, recording_target
 from .threads import parallel_blocks
-from ..windows import geometry
 
 #: target size in floats of one chunk of output (images * positions * channels), as in
 #: kernels.conv: an L2 cache, so the epilogue reads what the kernel has just written

@@ -91,7 +91,7 @@ def choose(cpu_name: str, features: str) -> str:
 
 def describe() -> str:
     """A few lines naming Numba's target, the chosen variant and its tiles."""
-    from .microkernel_source import TILES, TAILS
+    from .microkernel_source import TAILS, TILES
 
     name, features = TARGET
     isa = ISAS[ISA]

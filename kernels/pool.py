@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .threads import parallel_blocks
-
 from ..windows import geometry
+from .threads import parallel_blocks
 
 
 @njit(nogil=True, cache=True)

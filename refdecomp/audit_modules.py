@@ -29,9 +29,10 @@ import argparse
 import json
 import re
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -634,7 +635,7 @@ def _audit_one(model, mod: ModuleFile, x, y, model_z, counts, seen_by_class, cla
                 st[key] = _status(ref_w, weights[n.name][key], close=channeled)
             if m.name == head:
                 row["head"] = "channeled" if width == 2 else "full"
-            status[n.name] = st["kernel"] if "kernel" in st else None
+            status[n.name] = st.get("kernel")
             layers.append(row)
     else:
         for n in _weighted(mod.graph):
@@ -795,7 +796,7 @@ def _between(modules) -> dict[str, Any]:
     sets = np.eye(n)
     for i in range(n):
         for j in range(i + 1, n):
-            (a, ea), (b, eb) = modules[i], modules[j]
+            (_, ea), (_, eb) = modules[i], modules[j]
             values[i, j] = values[j, i] = metrics.jaccard_values(ea["kernels"], eb["kernels"])
             if ea["hidden"] is not None and eb["hidden"] is not None \
                     and ea["hidden"][0].shape == eb["hidden"][0].shape:

@@ -10,8 +10,9 @@ import importlib.resources
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -141,8 +142,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     model = _load_model(args)
     result = audit_model(model, args.model, against=args.against, n_images=args.images,
                          seed=args.seed, architecture=args.architecture)
-    rows = [[r["layer"], r["class"], r["shape"], f"{r['rel_error']:.2e}", "ok" if r["ok"] else "DIFF"]
-            for r in result["layers"]]
+    rows = [[r["layer"], r["class"], r["shape"], f"{r['rel_error']:.2e}",
+             "ok" if r["ok"] else "DIFF"] for r in result["layers"]]
     text = (f"audit of {args.model} against {result['against']} on {result['images']} random "
             f"inputs (tolerance {result['tolerance']:.0e})\n"
             + markdown_table(["layer", "class", "output shape", "relative error", ""], rows))
@@ -232,22 +233,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"refdecomp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+    def add(name: str, fn: Callable[[argparse.Namespace], int],
+            help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help, formatter_class=opts.HelpFormatter)
         p.set_defaults(func=fn)
         return p
 
     p = add("inspect", cmd_inspect, "layer table: output shapes, parameters, multiply-accumulates")
-    _add_model(p); _add_common(p)
+    _add_model(p)
+    _add_common(p)
 
     p = add("predict", cmd_predict, "predict a dataset split and report top-1 / top-5")
-    _add_model(p); _add_data(p); _add_common(p)
+    _add_model(p)
+    _add_data(p)
+    _add_common(p)
     p.add_argument("--split", default="test", choices=["train", "test"], help="split to predict")
     p.add_argument("--out", help="write probabilities and labels to this .npz")
 
     p = add("audit", cmd_audit, "compare every layer's output with Keras (when installed) or with "
                                 "the NumPy reference interpreter")
-    _add_model(p); _add_common(p)
+    _add_model(p)
+    _add_common(p)
     p.add_argument("--against", choices=["auto", "keras", "reference"], default="auto",
                    help="auto: Keras when installed, else the NumPy reference interpreter")
     p.add_argument("--images", type=int, default=4, help="random inputs to compare on")
@@ -257,12 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("audit-modules", cmd_audit_modules, "audit module files made by any tool (Keras "
             "files of the model's architecture) against the model's forward pass on a dataset")
-    _add_model(p); _add_data(p); _add_common(p)
+    _add_model(p)
+    _add_data(p)
+    _add_common(p)
 
     audit_modules_arguments(p)
 
     p = add("decompose", cmd_decompose, "decompose a model into one module per class")
-    _add_model(p); _add_data(p); _add_common(p); decomposition_options(p); _add_cluster(p)
+    _add_model(p)
+    _add_data(p)
+    _add_common(p)
+    decomposition_options(p)
+    _add_cluster(p)
     p.add_argument("--activity-threshold", type=float, default=0.0, metavar="T",
                    help="keep a node (or channel) only when active on at least this fraction "
                         "of the images a module observes; 0 (default) is the paper's rule")
@@ -275,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("evaluate", cmd_evaluate, "compose modules and report accuracy, size and Jaccard")
     p.add_argument("modules", help="module set file written by `refdecomp decompose`")
     p.add_argument("--model", help="source model file, if the module file does not embed it")
-    _add_data(p, recorded=True); _add_common(p); _add_cluster(p)
+    _add_data(p, recorded=True)
+    _add_common(p)
+    _add_cluster(p)
     p.add_argument("--report-dir", help="write JSON, Markdown and plots here")
 
     p = add("export", cmd_export, "write one module as a Keras file")
@@ -292,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_data_options(p, required=False, default="digits")
     opts.add_preprocessing_options(p)
     p.add_argument("--out", default="out/demo", help="folder for modules and reports")
-    _add_common(p); decomposition_options(p)
+    _add_common(p)
+    decomposition_options(p)
 
     add_scenario_parsers(sub, cmd_scenario, _add_common, opts)
     return parser

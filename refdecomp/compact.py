@@ -10,12 +10,11 @@ multiply-accumulates and parameters.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
 from .graph import Graph, Node
-
 
 #: Compact convolutions keep a multiple of this many filters (zero ones where needed): the
 #: micro-kernels compute 8-32 channels per call, so 8 keeps them on their wide variants.

@@ -25,16 +25,16 @@ provably changes nothing (bit for bit), so over-flagging costs time, never exact
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 from numba import njit
 
 from . import metrics
+from .activations import activation_code
 from .errors import DataError, InternalError, RefdecompError
 from .interpreter import _progress, node_macs
-from .activations import activation_code
 from .kernels.threads import parallel_parts
 
 #: default images per batch (the features of every module are held per batch)

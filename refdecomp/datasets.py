@@ -39,9 +39,9 @@ import tarfile
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 

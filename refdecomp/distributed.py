@@ -5,9 +5,10 @@ The recording pass is a map over images with an OR reduction per group (bits) an
 reduced pairwise in a tree. The tangling samples are drawn on the client from the labels alone
 (`plan_groups`), and each partition receives its images' group ids, so the result is the same
 for any partitioning. The model (and a module set) travels once per worker as file bytes
-(one node of the task graph that every task reads), and is loaded once per worker process. The composition is a map over
-partitions of images: margins and the model's probabilities per partition, concatenated in order
-on the client and reduced to the same figures as `ModuleSet.evaluate`.
+(one node of the task graph that every task reads), and is loaded once per worker process.
+The composition is a map over partitions of images: margins and the model's probabilities per
+partition, concatenated in order on the client and reduced to the same figures as
+`ModuleSet.evaluate`.
 
 Partitions are given as a dask array (its chunks along the first axis), a list of `.npz` shard
 files (arrays `x` and `y` in each), or a NumPy array split into `partitions` pieces. dask is an
@@ -19,9 +20,10 @@ import hashlib
 import os
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

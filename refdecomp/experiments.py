@@ -103,8 +103,8 @@ def model_accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int, progres
     t0 = time.perf_counter()
     probs = model.predict(as_input(x, preprocessing), batch_size=batch_size, progress=progress)
     seconds = time.perf_counter() - t0
-    return {"top1": metrics.top_k_accuracy(probs, y, 1), "top5": metrics.top_k_accuracy(probs, y, 5),
-            "seconds": seconds}
+    return {"top1": metrics.top_k_accuracy(probs, y, 1),
+            "top5": metrics.top_k_accuracy(probs, y, 5), "seconds": seconds}
 
 
 def evaluation_report(ms, ds, *, batch_size: int = 256, progress: bool = True,

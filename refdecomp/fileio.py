@@ -14,8 +14,9 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -99,7 +100,8 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj: Any, sort_keys: bool = False) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=_jsonable) + "\n")
+    text = json.dumps(obj, indent=2, sort_keys=sort_keys, default=_jsonable)
+    return write_text(path, text + "\n")
 
 
 def _jsonable(obj: Any) -> Any:

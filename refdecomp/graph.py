@@ -21,8 +21,9 @@ tanh, softplus, softsign, softmax (axis), exponential, swish / silu, gelu (appro
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ class Node:
     def activation(self) -> dict[str, Any]:
         return self.attrs.get("activation", LINEAR)
 
-    def replace(self, **changes: Any) -> "Node":
+    def replace(self, **changes: Any) -> Node:
         return dataclasses.replace(self, **changes)
 
     def n_params(self) -> int:
@@ -143,7 +144,7 @@ class Graph:
             if name not in seen:
                 raise InternalError(f"graph input/output {name!r} is not a node")
 
-    def with_nodes(self, nodes: list[Node]) -> "Graph":
+    def with_nodes(self, nodes: list[Node]) -> Graph:
         """A copy of this graph with another node list (same inputs, outputs, provenance)."""
         g = Graph(nodes, list(self.inputs), list(self.outputs), self.name, self.source,
                   self.sha256, dict(self.meta))

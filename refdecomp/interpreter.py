@@ -9,7 +9,7 @@ kept. Convolution, dense, pooling and add run on the Numba kernels in `refdecomp
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ class Recorder:
     increments its own counters (4 bytes per node and group), summed when `counts` is read.
     """
 
-    def __init__(self, graph: "Graph | Model", n_groups: int, nodes: Iterable[str] | None = None,
+    def __init__(self, graph: Graph | Model, n_groups: int, nodes: Iterable[str] | None = None,
                  *, counts: bool = False):
         from .kernels.epilogue import PerThreadCounts  # noqa: PLC0415
 
@@ -110,7 +110,7 @@ class Model:
         self._audit: Model | None = None
 
     # -- public API ----------------------------------------------------------------------
-    def with_graph(self, graph: Graph) -> "Model":
+    def with_graph(self, graph: Graph) -> Model:
         """A model over a modified graph (same folding and engine)."""
         return Model(graph, fold=self.fold, engine=self.engine)
 
@@ -221,7 +221,7 @@ class Model:
     def _open_dims(self) -> bool:
         return any(d is None for name in self.graph.inputs for d in self.graph[name].shape)
 
-    def _specialised(self, shapes) -> "Model":
+    def _specialised(self, shapes) -> Model:
         """The same model with its open input dimensions fixed to `shapes` (cached per shape)."""
         from .reader.shapes import with_input_shapes
 

@@ -55,7 +55,7 @@ def _major_version(name: str) -> int | None:
     return major
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def node_mask_class(backend: str) -> type:
     """Build (once per backend) and register the NodeMask layer class."""
     if backend == "keras":
@@ -106,7 +106,7 @@ def node_mask_class(backend: str) -> type:
     return register(package="refdecomp", name="NodeMask")(NodeMask)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def channel_class(backend: str) -> type:
     """Build (once per backend) and register the ChannelLogSumExp layer class."""
     if backend == "keras":

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
-from typing import Iterator
 
 from .errors import LimitError, RefdecompError
 

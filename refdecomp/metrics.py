@@ -16,7 +16,7 @@ Definitions (see docs/algorithm.md):
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

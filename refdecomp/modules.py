@@ -18,8 +18,9 @@ import hashlib
 import json
 import operator
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -345,7 +346,7 @@ class ModuleSet:
                 a["format"] = FORMAT
                 a["format_version"] = FORMAT_VERSION
                 a["refdecomp_version"] = __version__
-                a["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+                a["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
                 a["model_fingerprint"] = graph_fingerprint(g)
                 a["model_source"] = _relative_source(src.source, path)
                 a["model_sha256"] = src.sha256 or ""
@@ -573,7 +574,8 @@ def _read_bitmaps(group, graph: Graph, where: str) -> dict[str, np.ndarray]:
     for d in group.values():
         if not isinstance(d, h5py.Dataset):
             raise ModuleFileError(f"{where}: {d.name!r} is not a dataset")
-        node = attribute_text(d.attrs["node"], where, "a mask's node name") if "node" in d.attrs else ""
+        node = attribute_text(d.attrs["node"], where, "a mask's node name") \
+            if "node" in d.attrs else ""
         if node not in graph or not graph[node].weighted:
             raise ModuleFileError(f"{where}: mask for {node!r}, which is not a conv2d / dense "
                                   f"node of the model")

@@ -24,9 +24,10 @@ the same numbers are used whatever subset of the data a later command reads.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -107,7 +108,7 @@ class Preprocessing:
         return any(isinstance(getattr(self, k), str) and getattr(self, k) != "none"
                    and k not in self.statistics for k in ("subtract", "divide"))
 
-    def fit(self, x_train: np.ndarray) -> "Preprocessing":
+    def fit(self, x_train: np.ndarray) -> Preprocessing:
         """A copy with the named statistics computed from the training images `x_train`
         (raw NHWC). Statistics already present are kept, so fitting twice changes nothing."""
         x_train = _as_images(x_train, "fit")
@@ -211,7 +212,7 @@ class Preprocessing:
 
     @classmethod
     def from_state(cls, spec: dict[str, Any], statistics: dict[str, np.ndarray] | None = None,
-                   ) -> "Preprocessing":
+                   ) -> Preprocessing:
         """Inverse of `state` (what a module file recorded); unknown keys are an error."""
         known = {"scale", "subtract", "divide", "channels_first"}
         if not isinstance(spec, dict) or set(spec) - known:

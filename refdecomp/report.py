@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .fileio import atomic_path, write_json, write_text
 
@@ -49,14 +50,16 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
-def write_report(out_dir: str | Path, name: str, data: dict[str, Any], markdown: str) -> dict[str, Path]:
+def write_report(out_dir: str | Path, name: str, data: dict[str, Any],
+                 markdown: str) -> dict[str, Path]:
     """Write `<name>.json` and `<name>.md` into `out_dir` atomically; both name the command."""
     out = Path(out_dir)
     cmd = command_line()
     data = {"command": cmd, **data}
     paths = {
         "json": write_json(out / f"{name}.json", data),
-        "markdown": write_text(out / f"{name}.md", f"{markdown.rstrip()}\n\nProduced by: `{cmd}`\n"),
+        "markdown": write_text(out / f"{name}.md",
+                               f"{markdown.rstrip()}\n\nProduced by: `{cmd}`\n"),
     }
     return paths
 

@@ -23,6 +23,7 @@ import io
 import os
 import zipfile
 from pathlib import Path
+
 import numpy as np
 
 from . import limits

@@ -10,8 +10,9 @@ against the MACs kept, one curve per granularity, the paper's rule marked).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from refdecomp.windows import geometry
 from refdecomp.graph import Graph, Node
+from refdecomp.windows import geometry
 
 LINEAR = {"name": "linear"}
 

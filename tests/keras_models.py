@@ -99,7 +99,9 @@ class MultiIOSpec:
 # Shape bookkeeping (shapes exclude the batch axis)
 # --------------------------------------------------------------------------------------------
 def _hwc(shape: tuple[int, ...], fmt: str) -> tuple[int, int, int]:
-    return (shape[0], shape[1], shape[2]) if fmt == "channels_last" else (shape[1], shape[2], shape[0])
+    if fmt == "channels_last":
+        return (shape[0], shape[1], shape[2])
+    return (shape[1], shape[2], shape[0])
 
 
 def _image(h: int, w: int, c: int, fmt: str) -> tuple[int, int, int]:
@@ -234,7 +236,8 @@ def _draw_activation_layer(draw, shape, fmt, dialect):
 
 
 def _draw_rescaling(draw, shape, fmt, dialect):
-    scale = draw(st.sampled_from([1 / 255, 2.0]) | st.floats(-2.0, 2.0).filter(lambda v: abs(v) > 0.05))
+    scale = draw(st.sampled_from([1 / 255, 2.0])
+                 | st.floats(-2.0, 2.0).filter(lambda v: abs(v) > 0.05))
     offset = draw(st.sampled_from([0.0, -1.0]) | st.floats(-1.0, 1.0))
     return LayerSpec("rescaling", dict(scale=scale, offset=offset)), shape
 
@@ -313,7 +316,8 @@ def _draw_head(draw, shape, fmt, dialect) -> tuple[list[LayerSpec], tuple[int, .
     units = draw(st.integers(1, 6))
     final = draw(st.sampled_from(["dense", "dense_softmax", "softmax_layer"]))
     act = "softmax" if final == "dense_softmax" else draw(st.sampled_from(_activations(dialect)))
-    layers.append(LayerSpec("dense", dict(units=units, activation=act, use_bias=draw(st.booleans()))))
+    layers.append(LayerSpec("dense", dict(units=units, activation=act,
+                                          use_bias=draw(st.booleans()))))
     if final == "softmax_layer":
         layers.append(LayerSpec("softmax", dict(axis=-1)))
     return layers, (units,)
@@ -490,7 +494,8 @@ class Builder:
         layer = self.layers.get(id(spec))
         via = self._via_permute(spec)
         if layer is None:
-            made = LayerSpec(spec.kind, dict(spec.params, data_format="channels_last")) if via else spec
+            made = LayerSpec(spec.kind, dict(spec.params, data_format="channels_last")) \
+                if via else spec
             layer = self.layers[id(spec)] = make_layer(self.K, made)
         if not via:
             return layer(x)
@@ -589,10 +594,10 @@ def _variable_name(v) -> str:
 
 def randomize_weights(model, seed: int) -> None:
     """Give every variable random values of its kind: kernels (depthwise and pointwise ones
-    too) ~ N(0, 1/fan_in), biases and betas ~ N(0, 0.2^2), gammas in [0.5, 1.5], moving means ~ N(0, 0.5^2), moving variances in
-    [0.3, 2], PReLU slopes in [-0.3, 0.6], Normalization means ~ N(0, 0.5^2) and variances in
-    [0.3, 2]. Keras's initial moving statistics (0 and 1) would hide
-    a reader that ignores them."""
+    too) ~ N(0, 1/fan_in), biases and betas ~ N(0, 0.2^2), gammas in [0.5, 1.5], moving means
+    ~ N(0, 0.5^2), moving variances in [0.3, 2], PReLU slopes in [-0.3, 0.6], Normalization
+    means ~ N(0, 0.5^2) and variances in [0.3, 2]. Keras's initial moving statistics (0 and 1)
+    would hide a reader that ignores them."""
     rng = np.random.default_rng(seed)
     for v in model.weights:
         shape = tuple(int(d) for d in v.shape)

@@ -18,8 +18,13 @@ import pytest
 
 import refdecomp
 from refdecomp.audit_modules import (
-    audit_modules, class_from_file_name, markdown_report, rank_by_margin, vote,
-    write_audit_report)
+    audit_modules,
+    class_from_file_name,
+    markdown_report,
+    rank_by_margin,
+    vote,
+    write_audit_report,
+)
 from refdecomp.errors import DataError, RefdecompError
 from refdecomp.export import export_keras
 from refdecomp.graph import Graph, Node
@@ -29,7 +34,15 @@ REPO = Path(__file__).resolve().parent.parent
 # -- the hand-made model (tools/audit_example.py, also the README's example) --------------------
 sys.path.insert(0, str(REPO / "tools"))
 from audit_example import (  # noqa: E402
-    HAND_B1, HAND_B2, HAND_W1, HAND_W2, HAND_X, HAND_Y, hand_graph, hand_modules)
+    HAND_B1,
+    HAND_B2,
+    HAND_W1,
+    HAND_W2,
+    HAND_X,
+    HAND_Y,
+    hand_graph,
+    hand_modules,
+)
 
 
 @pytest.fixture(scope="module")
@@ -347,9 +360,9 @@ def test_bad_arguments(hand_files):
 
 
 def test_command_line(tmp_path, capsys):
-    from refdecomp.cli import main
-
     from audit_example import write_example
+
+    from refdecomp.cli import main
 
     model_path, *files, data = write_example(tmp_path / "example")
     argv = ["audit-modules", str(model_path), "--modules", *map(str, files), "--data", str(data),

@@ -3,6 +3,7 @@ only removed nodes (module outputs never change), on random graphs."""
 from __future__ import annotations
 
 import numpy as np
+from decomp_nets import RELU, SOFTMAX, labelled_batch, quietly, random_graphs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -10,8 +11,6 @@ import refdecomp
 from refdecomp.decompose.backtrack import flat_index_map, liveness, prune_masks
 from refdecomp.graph import Graph, Node
 from refdecomp.interpreter import Model
-
-from decomp_nets import RELU, SOFTMAX, labelled_batch, quietly, random_graphs
 
 
 def _conv(name, inp, kernel, shape, stride=1, pad="valid", fmt="channels_last"):

@@ -5,10 +5,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from decomp_nets import SOFTMAX, out_size, quietly
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from decomp_nets import SOFTMAX, out_size, quietly
 from refdecomp.compose import NOT_FLAGGED, Composer, compose_features, compose_margins
 from refdecomp.decompose import build_modules, observe
 from refdecomp.decompose.update import update_module

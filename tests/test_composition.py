@@ -7,6 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from decomp_nets import RELU, SOFTMAX, forward, labelled_batch, quietly, random_graphs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -18,8 +19,6 @@ from refdecomp.errors import RefdecompError
 from refdecomp.graph import Graph, Node
 from refdecomp.interpreter import Model
 from refdecomp.modules import Module, ModuleSet
-
-from decomp_nets import RELU, SOFTMAX, forward, labelled_batch, quietly, random_graphs
 
 
 def _unmasked_set(model: Model, channeling: str) -> ModuleSet:

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA as SHARED  # noqa: E402  ($REFDECOMP_DATA, ../shared/data)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refdecomp import DataError
 from refdecomp import datasets as D
-
-from conftest import SHARED_DATA as SHARED  # noqa: E402  ($REFDECOMP_DATA, ../shared/data)
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from decomp_nets import RELU, SOFTMAX, forward, labelled_batch, quietly, random_graphs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,8 +15,6 @@ from refdecomp.decompose.tangling import tangling_counts
 from refdecomp.errors import DataError, RefdecompError, UnsupportedLayerError
 from refdecomp.graph import Graph, Node
 from refdecomp.interpreter import Model
-
-from decomp_nets import RELU, SOFTMAX, forward, labelled_batch, quietly, random_graphs
 
 
 def _hand_net():

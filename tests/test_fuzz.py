@@ -19,7 +19,6 @@ import struct
 import sys
 import tarfile
 import threading
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -29,9 +28,16 @@ import pytest
 
 import refdecomp
 from refdecomp import limits
-from refdecomp.errors import (DataError, InternalError, LimitError, ModelFormatError,
-                              ModuleFileError, OutputError, RefdecompError,
-                              UnsupportedLayerError)
+from refdecomp.errors import (
+    DataError,
+    InternalError,
+    LimitError,
+    ModelFormatError,
+    ModuleFileError,
+    OutputError,
+    RefdecompError,
+    UnsupportedLayerError,
+)
 from refdecomp.graph import Graph, Node
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"

@@ -5,8 +5,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
-
 from interp_graphs import bn_node, conv_node, dense_node, single
+
 from refdecomp import DataError
 from refdecomp.graph import Graph, Node
 from refdecomp.interpreter import Model, Recorder

@@ -41,14 +41,20 @@ import numpy as np
 import pytest
 from hypothesis import Phase, assume, given, note, settings
 from hypothesis import strategies as st
+from keras_models import (
+    Builder,
+    build_model,
+    build_multi_io,
+    copy_weights,
+    dialect_of,
+    model_specs,
+    multi_io_specs,
+    random_inputs,
+    randomize_weights,
+)
 
 import refdecomp
 from refdecomp.interpreter import Model
-
-from keras_models import (
-    Builder, build_model, build_multi_io, copy_weights, dialect_of, model_specs, multi_io_specs,
-    random_inputs, randomize_weights,
-)
 
 pytestmark = [
     pytest.mark.keras,
@@ -76,7 +82,8 @@ def oracle_settings(max_examples: int):
 def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
     """max|ours - ref| / max(max|ref|, tiny), in float64."""
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.max(np.abs(ours - ref), initial=0.0) / max(np.max(np.abs(ref), initial=0.0), TINY))
+    scale = max(np.max(np.abs(ref), initial=0.0), TINY)
+    return float(np.max(np.abs(ours - ref), initial=0.0) / scale)
 
 
 def keras_outputs(model, xs: list[np.ndarray], dtype=np.float32) -> list[np.ndarray]:
@@ -120,7 +127,7 @@ def first_divergence(K, model, loaded, xs) -> str:
     """Best-effort diagnosis for a failure message: the first Keras layer (in the order of
     `model.layers`) whose output refdecomp does not reproduce. Needs a flat model."""
     try:
-        layers = [l for l in model.layers if not l.__class__.__name__ == "InputLayer"]
+        layers = [l for l in model.layers if l.__class__.__name__ != "InputLayer"]
         if any(hasattr(l, "layers") for l in layers):
             return "(nested model: no per-layer diagnosis)"
         probe = K.Model(model.inputs, [l.output for l in layers])
@@ -199,7 +206,8 @@ def within_rounding(ours: np.ndarray, keras32: np.ndarray, exact: np.ndarray) ->
 
 @contextlib.contextmanager
 def default_dtype(K, name: str):
-    """Layers built inside compute in `name` (Keras 3: the global dtype policy; tf_keras: floatx)."""
+    """Layers built inside compute in `name` (Keras 3: the global dtype policy; tf_keras:
+    floatx)."""
     keras3 = dialect_of(K) == "keras3"
     previous = K.config.dtype_policy().name if keras3 else K.backend.floatx()
     (K.config.set_dtype_policy if keras3 else K.backend.set_floatx)(name)

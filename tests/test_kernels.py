@@ -12,19 +12,18 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from interp_graphs import brute_conv, brute_pool, conv_node, dense_node, single
 from numba import njit
 
+from refdecomp.activations import activation_code
+from refdecomp.graph import Node
+from refdecomp.interpreter import Model, Recorder
 from refdecomp.kernels import isa, microkernel_source
 from refdecomp.kernels.add import add as add_kernel
 from refdecomp.kernels.conv import SIGNATURE, channel_blocks, microkernels
-from refdecomp.kernels.jit import compile_vectorized
-from refdecomp.activations import activation_code
 from refdecomp.kernels.epilogue import apply_activation
+from refdecomp.kernels.jit import compile_vectorized
 from refdecomp.kernels.pool import pool2d
-from refdecomp.graph import Node
-from refdecomp.interpreter import Model, Recorder
 from refdecomp.ops import reference as ref
 
 FAST = settings(max_examples=25)
@@ -312,7 +311,7 @@ def test_variant_follows_numba_target(cpu, features, variant):
 def test_chosen_variant_is_the_one_loaded():
     """The kernels in use are the chosen variant's module, itself chosen from Numba's
     target (so Numba's cache, keyed by file and target CPU, never serves another's code)."""
-    assert isa.ISA == isa.choose(*isa.numba_target())
+    assert isa.choose(*isa.numba_target()) == isa.ISA
     assert microkernels.__name__ == f"refdecomp.kernels.microkernels_{isa.ISA}"
     assert f"variant: {isa.ISA}" in isa.describe()
 
@@ -352,7 +351,7 @@ _VARIANT_ENV = {"avx2": isa.ENVIRONMENTS["avx2"], "portable": {"NUMBA_CPU_NAME":
 def test_kernels_of_other_variants(variant):
     """The kernel-vs-reference properties and the assembly check, rerun in a process whose
     Numba targets another variant's CPU (the first run compiles that variant: minutes)."""
-    if isa.ISA == variant:
+    if variant == isa.ISA:
         pytest.skip(f"this process already runs the {variant} variant")
     import llvmlite.binding as ll
     from numba.core.codegen import get_host_cpu_features

@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 from hypothesis import Phase, assume, given, settings
 from hypothesis import strategies as st
+from keras_models import randomize_weights
 
 import refdecomp
 from refdecomp.decompose.backtrack import prune_masks
 from refdecomp.interpreter import Model
-
-from keras_models import randomize_weights
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+from decomp_nets import RELU, SOFTMAX, forward
 
 import refdecomp
 from refdecomp import metrics
 from refdecomp.errors import ModuleFileError
 from refdecomp.graph import Graph, Node
 from refdecomp.interpreter import Model
-
-from decomp_nets import RELU, SOFTMAX, forward
 
 
 def _net(seed=0, n=4):
@@ -74,7 +73,7 @@ def test_conv_kept_weights_brute_force():
     mask = (rng.random((4, 4, 3)) < 0.3).astype(np.uint8)
     used = metrics.kept_weights(g, {"c": mask}, frozenset({"head"}))["c"]
     want = np.zeros((3, 3, 2, 3), bool)
-    for i, j, co in zip(*np.nonzero(mask)):
+    for _, _, co in zip(*np.nonzero(mask)):
         want[:, :, :, co] = True  # valid padding: every tap of a kept output reads a real input
     np.testing.assert_array_equal(used, want)
 

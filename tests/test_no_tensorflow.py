@@ -24,9 +24,9 @@ FORBIDDEN = ("tensorflow", "keras", "tf_keras")
 
 # Runs in the child: record import attempts, import every refdecomp module (kernels included),
 # load each model given on the command line, predict, and report what was imported.
-CHILD = r"""
+CHILD = rf"""
 import importlib, importlib.abc, json, pkgutil, sys
-FORBIDDEN = {forbidden!r}
+FORBIDDEN = {set(FORBIDDEN)!r}
 attempted = []
 
 class Recorder(importlib.abc.MetaPathFinder):
@@ -57,7 +57,7 @@ for job in jobs:
 
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN)
 print(json.dumps({{"attempted": attempted, "loaded": loaded, "failed": failed}}))
-""".format(forbidden=set(FORBIDDEN))
+"""
 
 
 def _python_files():
@@ -161,7 +161,7 @@ def test_load_and_predict_in_fresh_interpreter_never_imports_tensorflow(keras3, 
         f"other reasons: {report['failed']})")
     assert report["loaded"] == [], f"forbidden modules in sys.modules: {report['loaded']}"
     # The child really ran the models: its predictions are Keras's.
-    for i, job in enumerate(jobs):
+    for job in jobs:
         got = np.load(job["out"])
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6,
                                    err_msg=f"child prediction from {Path(job['path']).name}")

@@ -224,7 +224,8 @@ def test_scenarios_reapply_the_recorded_preprocessing(scaled_digits, tmp_path, c
     rep = json.loads(capsys.readouterr().out)
     assert rep["composed"]["top1"] > 0.9
     # the donor's modules see v // 16 pixels they were not made for (raw file: no
-    # preprocessing), the target's see them times 16: replacing a module must not crash and stays a valid figure
+    # preprocessing), the target's see them times 16: replacing a module must not crash and
+    # stays a valid figure
     assert all(0.0 <= r["top1"] <= 1.0 for r in rep["replaced"])
     assert main(["reuse", "--pick", f"{scaled}:0@{path}", "--pick", f"{scaled}:1@{path}",
                  "--no-progress", "--json"]) == 0

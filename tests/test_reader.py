@@ -382,7 +382,8 @@ def _randomise(model, seed=3):
 @pytest.mark.parametrize("which", ["keras3", "tf_keras"])
 def test_activation_dialects_written_by_keras(tmp_path, request, which):
     """LeakyReLU (alpha vs negative_slope), hard_sigmoid (two formulas), ReLU options,
-    BatchNormalization with a positive (Keras 3) or list (Keras 2) axis, channels_first Flatten, Normalization."""
+    BatchNormalization with a positive (Keras 3) or list (Keras 2) axis, channels_first Flatten,
+    Normalization."""
     K = request.getfixturevalue(which)
     inp = K.Input((4, 5, 3))
     x = K.layers.Conv2D(6, 3, padding="same", activation="hard_sigmoid")(inp)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from decomp_nets import forward, labelled_batch, quietly, random_graphs
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from interp_graphs import conv_node, dense_node, single
 
 import refdecomp
 from refdecomp.decompose import channel_axis
@@ -14,9 +16,6 @@ from refdecomp.decompose.recording import plan_groups
 from refdecomp.errors import RefdecompError
 from refdecomp.interpreter import Model, Recorder
 from refdecomp.ops import reference as ref
-
-from decomp_nets import forward, labelled_batch, quietly, random_graphs
-from interp_graphs import conv_node, dense_node, single
 
 THRESHOLDS = st.sampled_from([0.0, 0.01, 0.1, 0.3, 0.5, 0.9])
 
@@ -275,8 +274,9 @@ def test_bad_max_per_class_gets_one_clear_error():
 
 
 def test_cli_activity_options(tmp_path, capsys):
-    from refdecomp.cli import main
     from pathlib import Path
+
+    from refdecomp.cli import main
     digits = Path(__file__).resolve().parent.parent / "weights" / "digits_cnn.h5"
     if not digits.exists():
         pytest.skip("weights/digits_cnn.h5 missing")
@@ -295,6 +295,7 @@ def test_cli_activity_options(tmp_path, capsys):
 # -- the trade-off sweep -------------------------------------------------------------------------
 def test_tradeoff_sweep_rows_are_the_module_sets_evaluations(tmp_path):
     from test_export import small_net
+
     from refdecomp.tradeoff import chosen_setting, sweep, tradeoff_report
     g = small_net(1)
     rng = np.random.default_rng(2)
@@ -328,6 +329,7 @@ def test_tradeoff_sweep_rows_are_the_module_sets_evaluations(tmp_path):
 @pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
 def test_compact_quantum_keeps_multiples_of_eight_filters_exactly(fmt):
     from test_export import random_masks, small_net
+
     from refdecomp.export import compact_graph
     g = Model(small_net(3, fmt)).graph
     rng = np.random.default_rng(7)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from interp_graphs import brute_conv
+
 from refdecomp.windows import out_size_and_pads, sink_source, source_sink
 
 cases = st.fixed_dictionaries({

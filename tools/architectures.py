@@ -7,7 +7,7 @@ model, in tools/train.py.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 from keras import layers
@@ -46,8 +46,9 @@ def resnet_v1(depth: int, input_shape, num_classes: int, *, batch_norm: bool = F
     changes), ReLU; then average pooling over the whole final map, Flatten, Dense softmax.
     Convolutions have biases. The final map is the input divided by 4: 8x8 for CIFAR's 32x32
     (AveragePooling2D(8), the Keras example's layer) and 16x16 for Tiny ImageNet's 64x64, the
-    paper's ImageNet-200 variant of the same networks. `batch_norm=True` inserts BatchNormalization after every 3x3 convolution (before
-    its ReLU / the Add); the paper's models have none.
+    paper's ImageNet-200 variant of the same networks. `batch_norm=True` inserts
+    BatchNormalization after every 3x3 convolution (before its ReLU / the Add); the paper's
+    models have none.
     """
     if (depth - 2) % 6:
         raise ValueError(f"ResNet v1 depth must be 6n+2, got {depth}")

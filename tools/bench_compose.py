@@ -56,8 +56,8 @@ def sparse_bound(model, module, x) -> dict:
     position: only those would need recomputing. Returns that work in full passes, and the
     fraction of images flagged when only masks on ReLU-like nodes (value 0 for negative
     inputs) are counted, i.e. without the masks on linear / other activations."""
-    from refdecomp.windows import source_sink
     from refdecomp.interpreter import node_macs
+    from refdecomp.windows import source_sink
 
     g = model.graph
     names = [n.name for n in g.nodes]

@@ -68,9 +68,9 @@ class Stack:
     """The Keras model's layers as refdecomp kernels: (name, kind, kernel, input, shortcut)."""
 
     def __init__(self, kmodel):
+        from refdecomp.activations import activation_code
         from refdecomp.kernels.conv import Conv2D
         from refdecomp.kernels.depthwise import DepthwiseConv2D
-        from refdecomp.activations import activation_code
 
         self.steps = []
         for layer in kmodel.layers:

@@ -166,7 +166,7 @@ def child(args) -> int:
     from refdecomp.kernels.isa import ISA, TARGET
 
     _set_threads(args.threads)
-    if args.isa[0] != "native" and ISA != args.isa[0]:
+    if args.isa[0] != "native" and args.isa[0] != ISA:
         print(json.dumps({"error": f"Numba targets {TARGET[0]} here, which gives the {ISA} "
                                    f"variant, not {args.isa[0]}"}))
         return 0
@@ -217,10 +217,11 @@ def across_isas(args) -> int:
             gf = 2 * r["macs"] / 1e9
             print(f"{isa:8s} {res['cpu']:15s} {res['threads']:3d}  {r['variant']:22s} "
                   f"{r['keras']:9.1f} {r['predict'] / r['keras']:7.2f}x "
-                  f"{r['record'] / r['keras']:7.2f}x  {peak:6.0f}GF {r['predict'] * gf / peak:7.0%}")
-        print(f"{'':8s} FMA peak per thread {res['peak_how']} GFLOP/s; outputs vs Keras: max feature rel. diff "
-              f"{max(r['feature_rel_diff'] for r in res['rows']):.1e}, argmax agreement "
-              f"{min(r['argmax_agree'] for r in res['rows']):.3f}")
+                  f"{r['record'] / r['keras']:7.2f}x  {peak:6.0f}GF "
+                  f"{r['predict'] * gf / peak:7.0%}")
+        print(f"{'':8s} FMA peak per thread {res['peak_how']} GFLOP/s; outputs vs Keras: max "
+              f"feature rel. diff {max(r['feature_rel_diff'] for r in res['rows']):.1e}, "
+              f"argmax agreement {min(r['argmax_agree'] for r in res['rows']):.3f}")
     print("\npredict, record: refdecomp images/s over TensorFlow's in the same process; FMA "
           "peak: nominal, per thread x threads; last column: the share of it refdecomp's "
           "predict reaches")
@@ -260,8 +261,8 @@ def main(argv=None) -> int:
         return across_isas(args)
     _set_threads(args.threads)
     variants = _variants(args)
-    print(f"{MODELS[args.model][0]}, CIFAR-10 shape, {args.images} images, batch {args.batch_size}, "
-          f"best of {args.repeats}, {os.cpu_count()} CPU cores, "
+    print(f"{MODELS[args.model][0]}, CIFAR-10 shape, {args.images} images, batch "
+          f"{args.batch_size}, best of {args.repeats}, {os.cpu_count()} CPU cores, "
           f"{args.threads or 'default'} thread(s) per engine")
     for bn in variants:
         r = bench(bn, args.images, args.batch_size, args.repeats, args.seed, args.model)

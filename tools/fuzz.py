@@ -255,7 +255,7 @@ def _child(spec_file: str) -> int:
         raise Hang()
 
     signal.signal(signal.SIGALRM, alarm)
-    results = open(spec["results"], "a", buffering=1)
+    results = open(spec["results"], "a", buffering=1)  # noqa: SIM115  (open for the whole run)
     # keep what a file may legitimately ask for well below the address-space cap
     with limits.override(max_tensor_bytes=spec["memory_mb"] << 18,
                          max_file_bytes=spec["memory_mb"] << 19), warnings.catch_warnings():

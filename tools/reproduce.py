@@ -47,8 +47,13 @@ from refdecomp.errors import RefdecompError  # noqa: E402
 from refdecomp.experiments import parse_classes, run_decomposition_settings  # noqa: E402
 from refdecomp.report import markdown_table, set_command, write_report  # noqa: E402
 from refdecomp.scenarios.co2 import Measurement  # noqa: E402
-from refdecomp.scenarios.reuse import (Pick, evaluate_replace, evaluate_reuse,  # noqa: E402
-                                       replace_table, scenario_data)
+from refdecomp.scenarios.reuse import (  # noqa: E402
+    Pick,
+    evaluate_replace,
+    evaluate_reuse,
+    replace_table,
+    scenario_data,
+)
 
 
 def pct(v: float | None) -> str:
@@ -149,7 +154,8 @@ def table2(args) -> tuple[dict, str]:
     rows = [reuse_row([picks[a], picks[b]], args, f"{a}-{b}")
             for a, b in itertools.combinations(classes, 2)]
     table = markdown_table(["classes", "TMA", "MA"],
-                           [[" + ".join(r["picks"]), pct(r.get("TMA")), pct(r["MA"])] for r in rows])
+                           [[" + ".join(r["picks"]), pct(r.get("TMA")), pct(r["MA"])]
+                            for r in rows])
     md = f"# Table 2: intra-dataset reuse ({args.modules})\n\n{table}\n{cost_summary(rows)}"
     return {"rows": rows}, md
 
@@ -228,8 +234,16 @@ def tradeoff(args) -> tuple[dict, str]:
 
     from refdecomp import observe
     from refdecomp.experiments import as_input
-    from refdecomp.tradeoff import (STRETCH_MACS, TARGET_COST_PP, TARGET_MACS, chosen_setting,
-                                    sweep, time_compact, tradeoff_markdown, tradeoff_report)
+    from refdecomp.tradeoff import (
+        STRETCH_MACS,
+        TARGET_COST_PP,
+        TARGET_MACS,
+        chosen_setting,
+        sweep,
+        time_compact,
+        tradeoff_markdown,
+        tradeoff_report,
+    )
 
     thresholds = _floats(args.thresholds, "--thresholds")
     granularities = [g for g in args.granularities.split(",") if g]
@@ -309,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="table1: model file")
     p.add_argument("--modules", help="module set file (dataset 1 / replace target)")
     p.add_argument("--modules2", help="module set file (dataset 2 / replace donor)")
-    p.add_argument("--data", help="dataset 1"); p.add_argument("--data2", help="dataset 2")
+    p.add_argument("--data", help="dataset 1")
+    p.add_argument("--data2", help="dataset 2")
     p.add_argument("--data-dir")
     p.add_argument("--classes", help="classes of dataset 1, comma-separated")
     p.add_argument("--classes2", help="classes of dataset 2, comma-separated")

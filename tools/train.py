@@ -207,7 +207,6 @@ def warm_start(model, source: Path) -> dict:
 
 def train(args) -> None:
     import keras
-
     from architectures import build
 
     out = Path(args.out)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -93,7 +94,8 @@ def decompose(model, x, y, *, backtrack: str = "last_conv", delta: float = 0.5,
     `granularity="channel"`, a whole conv2d filter / dense unit) only when it was active on at
     least a fraction t of the images the module observed; 0 is the paper's rule (see
     `build_modules`). `max_per_class` E: each module observes at most E seeded images of its
-    own class (tangling counts follow). Returns a `refdecomp.modules.ModuleSet` with `ms[c]` the module of class c.
+    own class (tangling counts follow). Returns a `refdecomp.modules.ModuleSet` with `ms[c]`
+    the module of class c.
 
     The same as `build_modules(model, observe(model, x, y, ...), ...)`.
     """

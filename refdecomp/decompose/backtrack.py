@@ -17,7 +17,7 @@ maps of `refdecomp.windows.source_sink`) down to the model input.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -8,7 +8,7 @@ module forces inactive nodes to 0. The output (head) dense layer is never masked
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

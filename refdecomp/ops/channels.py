@@ -19,9 +19,10 @@ of these rules and answers, for its node:
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
+
 
 def output_channel_axis(node) -> int:
     """Channel axis (no batch axis) of a node's output, for ops with a data_format."""

@@ -1,25 +1,25 @@
 """Bind graph nodes to the Numba kernels in `refdecomp.kernels`.
 
 `lower(graph)` returns `{node name: fn(inputs, mask, seen, groups) -> output}` for the nodes
-whose op's spec names a lowering in `LOWERINGS` (conv2d, dense, max/avg pooling, same-shape
-add); every other node runs on the reference ops. Layout conversions (channels_first) and activations the kernels do not implement
-are handled here, so the kernels only ever see NHWC arrays and activation codes.
+whose op's spec names a lowering in `LOWERINGS` (conv2d, depthwise_conv2d, dense, max/avg
+pooling, same-shape add); every other node runs on the reference ops. Layout conversions
+(channels_first) and activations the kernels do not implement are handled here, so the kernels
+only ever see NHWC arrays and activation codes.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from ..activations import activation_code
+from ..graph import Graph, Node
 from ..kernels.add import add as add_kernel
 from ..kernels.conv import Conv2D
 from ..kernels.dense import Dense
 from ..kernels.depthwise import DepthwiseConv2D
 from ..kernels.epilogue import PerThreadCounts
 from ..kernels.pool import pool2d
-
-from ..graph import Graph, Node
 from . import reference as ref
 
 NO_MASK = np.empty(0, np.uint8)

@@ -27,6 +27,7 @@ from ..graph import Node
 from ..windows import geometry
 from . import registry
 
+
 # --------------------------------------------------------------------------------------------
 # activations: defined in refdecomp.activations, the one table of activations
 # --------------------------------------------------------------------------------------------

@@ -32,8 +32,9 @@ reference on random inputs. docs/architecture.md says how to add an op.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:   # pragma: no cover
     import numpy as np
@@ -58,7 +59,7 @@ class KerasLayer:
     n_inputs: int | None = 1          # None: two or more
 
 
-def _no_macs(node: "Node") -> int:
+def _no_macs(node: Node) -> int:
     return 0
 
 
@@ -72,21 +73,21 @@ class OpSpec:
     name: str
     attrs: str
     shape: Callable[..., tuple]
-    reference: Callable[["Node", list], "np.ndarray"]
+    reference: Callable[[Node, list], np.ndarray]
     liveness: Callable[..., list] | None
     export: Callable[..., str] | None
     compaction: Any
     weights: str = "-"
     keras: dict[str, KerasLayer] = field(default_factory=dict)
     n_inputs: int | None = 1
-    kept: Callable[..., "np.ndarray | None"] | None = None
+    kept: Callable[..., np.ndarray | None] | None = None
     lowering: str | None = None
-    macs: Callable[["Node"], int] = _no_macs
+    macs: Callable[[Node], int] = _no_macs
     weighted: bool = False
-    linear: Callable[["Node", "np.ndarray"], "np.ndarray"] | None = None
-    channel_axis: Callable[["Node"], int] | None = None
+    linear: Callable[[Node, np.ndarray], np.ndarray] | None = None
+    channel_axis: Callable[[Node], int] | None = None
     scale_outputs: Callable[..., dict] | None = None
-    used_weights: Callable[..., "np.ndarray"] | None = None
+    used_weights: Callable[..., np.ndarray] | None = None
     units: Callable[..., tuple | None] | None = None
 
     def __post_init__(self) -> None:

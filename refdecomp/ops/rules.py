@@ -3,7 +3,7 @@ liveness and kept weights, index maps of flatten / reshape, the data_format of a
 flows (`OpSpec.units`)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

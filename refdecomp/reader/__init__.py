@@ -19,7 +19,7 @@ from ..graph import Graph
 from .archive import read_archive
 from .build import build_nodes, check_supported
 from .config import load_json, parse_model
-from .hdf5 import Contents, keras_major, open_hdf5, read_hdf5, refuse_keras1, _looks_keras1
+from .hdf5 import Contents, _looks_keras1, keras_major, open_hdf5, read_hdf5, refuse_keras1
 from .layers import Dialect
 
 __all__ = ["read_graph"]

@@ -51,7 +51,7 @@ def read_archive(path: str, source: str, stack: ExitStack) -> Contents:
             raise ModelFormatError(f"{source}: the archive has no model.weights.h5 (members: "
                                    f"{', '.join(sorted(infos))}); refdecomp reads archives "
                                    f"with HDF5 weights")
-        weights = stack.enter_context(tempfile.TemporaryFile(prefix="refdecomp-"))
+        weights = stack.enter_context(tempfile.TemporaryFile(prefix="refdecomp-"))  # noqa: SIM115
         with z.open(infos["model.weights.h5"]) as member:
             shutil.copyfileobj(member, weights, 1 << 20)
         weights.seek(0)

@@ -50,7 +50,7 @@ class LayerSpec:
     class_name: str
     config: dict[str, Any]
     calls: list[list[Ref]] = field(default_factory=list)
-    model: "ModelSpec | None" = None
+    model: ModelSpec | None = None
     weights: dict[str, Any] = field(default_factory=dict)
     custom: bool = False   # a registered custom object or a class from a non-Keras module
 

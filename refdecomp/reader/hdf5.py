@@ -94,7 +94,7 @@ def read_hdf5(f, source: str) -> Contents:
                         lambda model: assign_legacy(model, legacy_groups(f, source), source))
     if "layers" in f or "_layer_checkpoint_dependencies" in f or \
             any(isinstance(k, str) and k.startswith("_layer_checkpoint_dependencies\\")
-                for k in f.keys()):
+                for k in f):
         return Contents(None, None, None, "keras3-weights",
                         lambda model: assign_v3(model, f, source))
     raise ModelFormatError(

@@ -118,9 +118,10 @@ def _read_weights(layer: LayerSpec, shapes: list, dialect: Dialect) -> None:
         else:
             fits = True
         if not fits:
+            given = shapes[0] if shapes else ()
             raise bad(layer, dialect, f"weight {value.name!r} has shape {value.shape}, but "
-                                       f"the layer's config and input {shapes[0] if shapes else ()} "
-                                       f"imply {_describe_spec(spec)}")
+                                      f"the layer's config and input {given} "
+                                      f"imply {_describe_spec(spec)}")
         layer.weights[role] = value.read()
 
 

@@ -176,7 +176,7 @@ def _has_prefix(group, parts: list[str], source: str) -> bool:
     if not parts:
         return True
     joined = "\\".join(parts) + "\\"
-    if any(isinstance(key, str) and key.startswith(joined) for key in group.keys()):
+    if any(isinstance(key, str) and key.startswith(joined) for key in group):
         return True
     for j in range(len(parts), 0, -1):
         key = "\\".join(parts[:j])

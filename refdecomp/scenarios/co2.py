@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import RefdecompError
 
@@ -62,7 +63,7 @@ class PowerFigures:
     @classmethod
     def default(cls, cores: int | None = None, memory_gb: float | None = None,
                 cpu_watts_per_core: float = CPU_WATTS_PER_CORE,
-                dram_watts_per_gb: float = DRAM_WATTS_PER_GB, **others: Any) -> "PowerFigures":
+                dram_watts_per_gb: float = DRAM_WATTS_PER_GB, **others: Any) -> PowerFigures:
         """TDP share of the `cores` used (default: the cores this process may run on) and DRAM
         power of `memory_gb` (default: this process's peak resident memory)."""
         cores = usable_cores() if cores is None else cores
@@ -124,7 +125,7 @@ class Measurement:
         self._notes: list[str] = []
         self._start = 0.0
 
-    def __enter__(self) -> "Measurement":
+    def __enter__(self) -> Measurement:
         self._notes = []
         self._tracker = self._start_codecarbon() if self.use_codecarbon is not False else None
         self._start = self.clock()

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -126,7 +127,8 @@ def _described(pre) -> dict | None:
 
 def _finish(args: argparse.Namespace, name: str, data: dict, md: str) -> dict[str, Any]:
     if getattr(args, "report_dir", None):
-        data["reports"] = {k: str(v) for k, v in write_report(args.report_dir, name, data, md).items()}
+        written = write_report(args.report_dir, name, data, md)
+        data["reports"] = {k: str(v) for k, v in written.items()}
     return {"data": data, "markdown": md}
 
 

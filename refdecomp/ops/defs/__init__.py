@@ -3,5 +3,13 @@
 One module per op or small family of ops; each declares its `OpSpec`s and the rules only it
 needs. Adding an op is adding a module here and its import below (docs/architecture.md)."""
 from . import (  # noqa: F401
-    conv2d, dense, depthwise, elementwise, graph_ends, layout, merge, pooling, upsampling,
+    conv2d,
+    dense,
+    depthwise,
+    elementwise,
+    graph_ends,
+    layout,
+    merge,
+    pooling,
+    upsampling,
 )

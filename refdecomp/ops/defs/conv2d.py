@@ -3,8 +3,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...reader.params import (Lowered, activation, bad, channels, data_format, f32, fail,
-                              integer, pair, padding)
+from ...reader.params import (
+    Lowered,
+    activation,
+    bad,
+    channels,
+    data_format,
+    f32,
+    fail,
+    integer,
+    padding,
+    pair,
+)
 from ...reader.shapes import ShapeError, hwc, window_shape
 from .. import reference as ref
 from ..channels import Filters

@@ -9,10 +9,22 @@ emits a depthwise_conv2d node `<layer>/depthwise` and a conv2d node named after 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from ...reader.params import (Lowered, activation, bad, channels, data_format, f32, fail,
-                              integer, pair, padding)
+from ...reader.params import (
+    Lowered,
+    activation,
+    bad,
+    channels,
+    data_format,
+    f32,
+    fail,
+    integer,
+    padding,
+    pair,
+)
 from ...reader.shapes import ShapeError, hwc, window_shape
 from .. import reference as ref
 from ..channels import Filters, input_channel_axis

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...reader.params import Lowered, data_format, pair, padding
+from ...reader.params import Lowered, data_format, padding, pair
 from ...reader.shapes import from_hwc, hwc, window_shape
 from .. import reference as ref
 from ..channels import Spatial
