@@ -164,7 +164,7 @@ class DepthwiseConv2D:
     """A depthwise convolution bound to its weights: kernel (KH, KW, Cin, M) as Keras stores
     it, bias (Cin * M,) or None; `act` an activation code tuple (`activation_code`). Call it
     like `kernels.conv.Conv2D`: (x NHWC float32, flat mask, mask position / channel strides,
-    bit map or `PerThreadCounts`, its strides, group of each image) -> (N, OH, OW, Cin * M)."""
+    `PerThreadRecord` or bit map, its strides, group of each image) -> (N, OH, OW, Cin * M)."""
 
     def __init__(self, kernel, bias, strides, padding, dilation, act):
         kernel = np.asarray(kernel, dtype=np.float32)

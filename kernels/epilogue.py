@@ -106,31 +106,38 @@ def apply_activation(v, code, p0, p1, p2):
 FLAT_BLOCK = 512
 
 
-class PerThreadCounts:
-    """Activity counters of one node: (n_groups, node size) uint32, one copy per recording
-    thread, summed when read (`total`). Each thread only ever increments its own copy, so
-    counting needs no atomics and does not depend on thread timing; memory is 4 bytes per
-    node, group and recording thread, independent of the number of images."""
+class PerThreadRecord:
+    """Recording state of one node: (n_groups, node size), one copy per recording thread,
+    combined when read (`total`): uint8 bit maps are OR-ed, uint32 image counters summed.
+    Each thread only ever writes its own copy, so the epilogue can update bits with plain
+    vector read-modify-write stores (AVX2 has no byte-masked store) and counters without
+    atomics, and the result does not depend on thread timing. Memory: 1 byte (bits) or 4
+    bytes (counts) per node, group and recording thread, independent of the number of images."""
 
-    def __init__(self, n_groups: int, size: int):
+    def __init__(self, n_groups: int, size: int, counting: bool = False):
         self.shape = (int(n_groups), int(size))
+        self.counting = bool(counting)
+        self.dtype = np.uint32 if self.counting else np.uint8
         self._copies: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
     def local(self) -> np.ndarray:
-        """This thread's counters (created at its first use)."""
+        """This thread's copy (created at its first use)."""
         key = threading.get_ident()
         arr = self._copies.get(key)
         if arr is None:
             with self._lock:
-                arr = self._copies.setdefault(key, np.zeros(self.shape, np.uint32))
+                arr = self._copies.setdefault(key, np.zeros(self.shape, self.dtype))
         return arr
 
     def total(self) -> np.ndarray:
-        """Counts summed over the threads, (n_groups, size) uint32."""
-        out = np.zeros(self.shape, np.uint32)
+        """The copies combined, (n_groups, size): counts summed, bits OR-ed."""
+        out = np.zeros(self.shape, self.dtype)
         for arr in list(self._copies.values()):
-            out += arr
+            if self.counting:
+                out += arr
+            else:
+                out |= arr
         return out
 
     def reset(self) -> None:
@@ -139,8 +146,9 @@ class PerThreadCounts:
 
 
 def recording_target(seen):
-    """What the epilogue writes into: a bit map as it is, or this thread's counters."""
-    return seen.local() if isinstance(seen, PerThreadCounts) else seen
+    """What the epilogue writes into: this thread's copy of a `PerThreadRecord`, or an array
+    as it is (callers that record from one thread only)."""
+    return seen.local() if isinstance(seen, PerThreadRecord) else seen
 
 
 @njit(nogil=True, cache=True)
@@ -148,11 +156,8 @@ def epilogue(y, bias, code, p0, p1, p2, positions, mask, msp, msc, seen, ssp, ss
     """In place on y (rows, C): y = act(y + bias) * mask, and, where y + bias > 0,
     seen[group, p*ssp + c*ssc] = 1 (a uint8 bit map) or += 1 (uint32 counters of images).
     `positions` = rows per image; empty `mask` / `seen` disable them; `groups[i]` is the group
-    of the chunk's i-th image. Serial and GIL-free: callers run chunks on several threads, so
-    images of one group can update the same bit map at once. A bit is therefore only ever
-    written with 1 (never read-OR-written back, which could store a stale 0 over another
-    thread's 1), and recordings do not depend on thread timing. Counters are per thread
-    (`PerThreadCounts`), so their increments never race."""
+    of the chunk's i-th image. Serial and GIL-free: callers run chunks on several threads, each
+    recording into its own copy (`PerThreadRecord`), so no two threads write one array."""
     C = y.shape[1]
     if (seen.shape[0] == 0 or (ssc == 1 and ssp == C)) and \
             (mask.shape[0] == 0 or (msc == 1 and msp == C)):
@@ -193,17 +198,15 @@ def _epilogue_flat(y, bias, code, p0, p1, p2, positions, mask, seen, groups):
                     for k in range(n):
                         sv[k] += v[k] > np.float32(0.0)
                 else:
-                    # Stores are conditional (only ever store 1: see epilogue()), which only
-                    # AVX-512 vectorises (masked byte stores). So first look, with loads only
-                    # (vectorised on every ISA), for a positive value whose bit is still 0:
-                    # once a group's bits fill up, most blocks store nothing.
+                    # First look, with loads only, for a positive value whose bit is still 0:
+                    # once a group's bits fill up, most blocks store nothing. Then OR the
+                    # block in with full-width stores (this thread's own copy: no races).
                     fresh = False
                     for k in range(n):
                         fresh |= (v[k] > np.float32(0.0)) & (sv[k] == 0)
                     if fresh:
                         for k in range(n):
-                            if v[k] > np.float32(0.0):
-                                sv[k] = 1
+                            sv[k] |= np.uint8(v[k] > np.float32(0.0))
             if plain_relu:
                 for k in range(n):
                     v[k] = max(v[k], np.float32(0.0))
@@ -234,7 +237,7 @@ def _epilogue_rows(y, bias, code, p0, p1, p2, positions, mask, msp, msc, seen, s
         if has_seen:
             g = groups[r // positions]
             base = p * ssp
-            for c in range(C):     # bits: only ever store 1, see epilogue()
+            for c in range(C):
                 if y[r, c] + bias[c] > 0:
                     if counting:
                         seen[g, base + c * ssc] += 1

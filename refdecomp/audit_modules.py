@@ -372,9 +372,10 @@ def unit_activity(model, x: np.ndarray, y: np.ndarray, n_classes: int, batch_siz
         rec = Recorder(model.graph, len(yb), names)
         model.run(xb, len(yb), recorder=rec, groups=np.arange(len(yb)))
         onehot = (yb[:, None] == np.arange(n_classes)[None, :]).astype(np.float32)
+        seen_batch = rec.seen
         for m in names:
             node = model.graph[m]
-            seen = rec.seen[m]
+            seen = seen_batch[m]
             axis = _unit_axis(node) + 1
             others = tuple(a for a in range(1, seen.ndim) if a != axis)
             active = seen.any(axis=others) if others else seen.astype(bool)

@@ -29,13 +29,15 @@ class Recorder:
     its activation (after a folded batch norm).
 
     Counts (`counts=True`): `counts[name]` (same shape, uint32) is the number of images of
-    group g that gave the node a value > 0; `seen` is then `counts > 0`. Each recording thread
-    increments its own counters (4 bytes per node and group), summed when `counts` is read.
+    group g that gave the node a value > 0; `seen` is then `counts > 0`.
+
+    Each recording thread writes its own copy (1 byte per node and group for bits, 4 for
+    counts), combined when `seen` / `counts` is read; read them once, not per node.
     """
 
     def __init__(self, graph: Graph | Model, n_groups: int, nodes: Iterable[str] | None = None,
                  *, counts: bool = False):
-        from .kernels.epilogue import PerThreadCounts  # noqa: PLC0415
+        from .kernels.epilogue import PerThreadRecord  # noqa: PLC0415
 
         graph = graph.graph if isinstance(graph, Model) else graph
         if int(n_groups) < 1:
@@ -48,10 +50,8 @@ class Recorder:
             if name not in graph or not graph[name].weighted:
                 raise DataError(f"Recorder: {name!r} is not a conv2d / dense node of the graph")
             self.shapes[name] = tuple(graph[name].shape)
-        self._targets: dict = {
-            name: (PerThreadCounts(self.n_groups, int(np.prod(shape))) if self.counting
-                   else np.zeros((self.n_groups, *shape), dtype=np.uint8))
-            for name, shape in self.shapes.items()}
+        self._targets = {name: PerThreadRecord(self.n_groups, int(np.prod(shape)), self.counting)
+                         for name, shape in self.shapes.items()}
 
     @property
     def nodes(self) -> list[str]:
@@ -61,33 +61,33 @@ class Recorder:
         """What the kernels of node `name` record into (None when it is not recorded)."""
         return self._targets.get(name)
 
+    def _combined(self) -> dict[str, np.ndarray]:
+        return {name: t.total().reshape(self.n_groups, *self.shapes[name])
+                for name, t in self._targets.items()}
+
     @property
     def counts(self) -> dict[str, np.ndarray]:
         """{node: (n_groups, *shape) uint32 image counts}; only for a counting recorder."""
         if not self.counting:
             raise RefdecompError("Recorder: counts are recorded only with Recorder(..., "
                                  "counts=True)")
-        return {name: t.total().reshape(self.n_groups, *self.shapes[name])
-                for name, t in self._targets.items()}
+        return self._combined()
 
     @property
     def seen(self) -> dict[str, np.ndarray]:
         """{node: (n_groups, *shape) uint8 bit map}: 1 where some image had a value > 0."""
         if not self.counting:
-            return self._targets
+            return self._combined()
         return {name: (c > 0).astype(np.uint8) for name, c in self.counts.items()}
 
     def state_bytes_per_group(self, threads: int = 1) -> int:
-        """Bytes the recording state takes per group (per recording thread for counts)."""
-        per_node = 4 * threads if self.counting else 1
+        """Bytes the recording state takes per group and recording thread (times `threads`)."""
+        per_node = (4 if self.counting else 1) * threads
         return per_node * sum(int(np.prod(s)) for s in self.shapes.values())
 
     def reset(self) -> None:
         for t in self._targets.values():
-            if self.counting:
-                t.reset()
-            else:
-                t.fill(0)
+            t.reset()
 
 
 class Model:
@@ -390,14 +390,12 @@ def _reference_weighted(node: Node, x: np.ndarray, mask, seen, groups) -> np.nda
     pre = node.spec.linear(node, x)
     if seen is not None:
         positive = pre > 0
-        counts = None
-        if not isinstance(seen, np.ndarray):          # per-thread counters
-            counts = seen.local().reshape(seen.shape[0], *pre.shape[1:])
+        own = seen.local().reshape(seen.shape[0], *pre.shape[1:])    # this thread's copy
         for g in np.unique(groups):
-            if counts is None:
-                seen[g] |= positive[groups == g].any(axis=0)
+            if seen.counting:
+                own[g] += positive[groups == g].sum(axis=0, dtype=np.uint32)
             else:
-                counts[g] += positive[groups == g].sum(axis=0, dtype=np.uint32)
+                own[g] |= positive[groups == g].any(axis=0)
     y = ref.activate(pre, node.activation, ref.describe_layer(node.name, node.keras_class))
     if mask is not None:
         y = y * mask

@@ -19,7 +19,7 @@ from numba import njit
 from refdecomp.activations import activation_code
 from refdecomp.kernels import isa
 from refdecomp.kernels.depthwise import DepthwiseConv2D, depthwise_taps
-from refdecomp.kernels.epilogue import PerThreadCounts
+from refdecomp.kernels.epilogue import PerThreadRecord
 from refdecomp.kernels.threads import blas_single_threaded
 from refdecomp.ops import reference as ref
 from refdecomp.ops.depthwise_reference import depthwise_conv2d, separable_conv2d
@@ -182,16 +182,17 @@ def test_counts_per_thread_match_brute_force(monkeypatch, threads):
     pre = _reference(c, x, k, b)
     n, oh, ow, C = pre.shape
     groups = rng.integers(0, 3, n).astype(np.int32)
-    counts = PerThreadCounts(3, oh * ow * C)
+    counts = PerThreadRecord(3, oh * ow * C, counting=True)
+    bits = PerThreadRecord(3, oh * ow * C)
     with blas_single_threaded():
         y = kern(x, NO_MASK, C, 1, counts, C, 1, groups)
-        bits = np.zeros((3, oh * ow * C), np.uint8)
         y_bits = kern(x, NO_MASK, C, 1, bits, C, 1, groups)
     want = np.zeros((3, oh, ow, C), np.uint32)
     for i, g in enumerate(groups):
         want[g] += pre[i] > 0
     np.testing.assert_array_equal(counts.total().reshape(want.shape), want)
-    np.testing.assert_array_equal(bits.reshape(want.shape), (want > 0).astype(np.uint8))
+    np.testing.assert_array_equal(bits.total().reshape(want.shape),
+                                  (want > 0).astype(np.uint8))
     np.testing.assert_array_equal(y, y_bits)
     np.testing.assert_allclose(y, np.clip(pre, 0, 6), rtol=1e-5, atol=1e-5)
 

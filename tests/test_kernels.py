@@ -21,7 +21,7 @@ from refdecomp.interpreter import Model, Recorder
 from refdecomp.kernels import isa, microkernel_source
 from refdecomp.kernels.add import add as add_kernel
 from refdecomp.kernels.conv import SIGNATURE, channel_blocks, microkernels
-from refdecomp.kernels.epilogue import apply_activation
+from refdecomp.kernels.epilogue import PerThreadRecord, apply_activation, epilogue
 from refdecomp.kernels.jit import compile_vectorized
 from refdecomp.kernels.pool import pool2d
 from refdecomp.ops import reference as ref
@@ -220,6 +220,39 @@ def test_dense_recording_and_mask_with_fallback_activation():
     pre = ref.dense_linear(node, x)
     np.testing.assert_array_equal(rec.seen["d"], _brute_seen(pre, groups, 3))
     np.testing.assert_allclose(y, ref.softmax(pre) * mask, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("counting", [False, True])
+def test_per_thread_records_combine_every_threads_writes(counting):
+    """Each thread records into its own copy; `total` ORs bits / sums counts over all copies,
+    so what one thread recorded is never lost to another's store (brute-force reference)."""
+    import threading
+
+    rng = np.random.default_rng(5)
+    rows, C, n_groups = 6 * 4, 5, 3
+    ys = [rng.standard_normal((rows, C)).astype(np.float32) for _ in range(4)]
+    groups = [rng.integers(0, n_groups, 6).astype(np.int64) for _ in range(4)]
+    rec = PerThreadRecord(n_groups, 4 * C, counting)
+    act, no_mask, bias = activation_code({"name": "relu"}), np.empty(0, np.uint8), \
+        np.zeros(C, np.float32)
+
+    def work(i):
+        epilogue(ys[i].copy(), bias, *act, 4, no_mask, C, 1, rec.local(), C, 1, groups[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    want = np.zeros((n_groups, 4 * C), np.uint32)
+    for y, g in zip(ys, groups):
+        for i in range(6):
+            want[g[i]] += (y[i * 4:(i + 1) * 4].reshape(-1) > 0)
+    got = rec.total()
+    assert got.dtype == (np.uint32 if counting else np.uint8)
+    np.testing.assert_array_equal(got, want if counting else (want > 0).astype(np.uint8))
+    rec.reset()
+    assert not rec.total().any()
 
 
 @pytest.mark.parametrize("n", [5, 13, 100])

@@ -4,7 +4,9 @@ The epilogue (`refdecomp.kernels.epilogue.epilogue`) adds the bias, records "val
 activates and masks. This isolates what recording costs there, per instruction set: each ISA
 runs in its own process with Numba held to it (`refdecomp.kernels.isa.ENVIRONMENTS`), as in
 tools/bench_forward.py. The bit maps are those of a pass in its steady state (the same block
-recorded again, so most bits are already set), which is most of a real recording pass.
+recorded again, so most bits are already set), which is most of a real recording pass;
+"bits, filling" records every image into a cleared map of its own group (every block stores),
+the early batches of a pass with many groups.
 
 Usage: python tools/bench_epilogue.py [--isa avx2 avx512] [--positions 256] [--channels 32]
                                       [--images 32] [--repeats 30]
@@ -31,16 +33,20 @@ def time_one_isa(images: int, positions: int, channels: int, repeats: int) -> No
     bias = np.zeros(channels, np.float32)
     groups = np.zeros(images, np.int32)
     no_mask = np.empty(0, np.uint8)
-    targets = {"no recording": np.empty((0, 0), np.uint8),
-               "bits": np.zeros((1, positions * channels), np.uint8),
-               "counts": np.zeros((1, positions * channels), np.uint32)}
+    own_group = np.arange(images, dtype=np.int32)
+    targets = {"no recording": (np.empty((0, 0), np.uint8), groups),
+               "bits": (np.zeros((1, positions * channels), np.uint8), groups),
+               "bits, filling": (np.zeros((images, positions * channels), np.uint8), own_group),
+               "counts": (np.zeros((1, positions * channels), np.uint32), groups)}
     act = activation_code({"name": "relu"})
-    for what, seen in targets.items():
+    for what, (seen, g) in targets.items():
         best = np.inf
         for _ in range(repeats + 1):        # the first call compiles (or loads the cache)
             y = y0.copy()
+            if what == "bits, filling":
+                seen.fill(0)
             t = time.perf_counter()
-            epilogue(y, bias, *act, positions, no_mask, channels, 1, seen, channels, 1, groups)
+            epilogue(y, bias, *act, positions, no_mask, channels, 1, seen, channels, 1, g)
             best = min(best, time.perf_counter() - t)
         print(f"  {ISA:8s} {what:14s} {best * 1e3:8.3f} ms")
 

@@ -33,7 +33,8 @@ def update_module(module, x, *, batch_size: int = 256, progress: bool = False):
     recorder = Recorder(model.graph, 1, nodes=list(active))
     model.run(x, batch_size, recorder=recorder, groups=np.zeros(n, dtype=np.int64),
               progress=progress)
-    new_active = {k: (active[k] | recorder.seen[k][0]).astype(np.uint8) for k in active}
+    seen = recorder.seen
+    new_active = {k: (active[k] | seen[k][0]).astype(np.uint8) for k in active}
     backtrack = module.info.get("backtrack", "none")
     masks = dict(new_active)
     if backtrack != "none":

@@ -18,7 +18,7 @@ from ..kernels.add import add as add_kernel
 from ..kernels.conv import Conv2D
 from ..kernels.dense import Dense
 from ..kernels.depthwise import DepthwiseConv2D
-from ..kernels.epilogue import PerThreadCounts
+from ..kernels.epilogue import PerThreadRecord
 from ..kernels.pool import pool2d
 from . import reference as ref
 
@@ -48,11 +48,12 @@ def _weighted(node: Node, kernel, positions: int, channels: int, channels_first:
 
 
 def _flat_seen(seen):
-    """Recording target as the kernels address it: (n_groups, node size) bits, or counters
-    (already flat, resolved per thread inside the kernels)."""
+    """Recording target as the kernels address it: a `PerThreadRecord` (already flat,
+    resolved per thread inside the kernels) or a (n_groups, ...) array, flattened per group
+    (an array must then be written from one thread only)."""
     if seen is None:
         return NO_SEEN
-    return seen if isinstance(seen, PerThreadCounts) else seen.reshape(seen.shape[0], -1)
+    return seen if isinstance(seen, PerThreadRecord) else seen.reshape(seen.shape[0], -1)
 
 
 def _finish(y, act, mask, where):
