@@ -38,6 +38,18 @@ def is_plain_relu(code, p0, p1, p2):
 
 
 @njit(inline="always")
+def relu_cap(code, p0, p1, p2):
+    """The cap c of an activation that is min(max(v, 0), c): relu with a max value and
+    neither slope nor threshold, or relu6 (MobileNets); -1 for any other. Such activations
+    get their own vector loop (a branch per value costs a misprediction on mixed signs)."""
+    if code == 13:
+        return np.float32(6.0)
+    if code == 1 and p0 != math.inf and p1 == 0.0 and p2 == 0.0:
+        return np.float32(p0)
+    return np.float32(-1.0)
+
+
+@njit(inline="always")
 def apply_activation(v, code, p0, p1, p2):
     """Scalar activation of kernel code `code` (Keras formulas, see refdecomp.activations)."""
     if code == 0:
@@ -165,6 +177,7 @@ def _epilogue_flat(y, bias, code, p0, p1, p2, positions, mask, seen, groups):
     has_seen = seen.shape[0] > 0
     counting = seen.itemsize > 1                 # uint32 counters, else uint8 bits
     plain_relu = is_plain_relu(code, p0, p1, p2)
+    cap = relu_cap(code, p0, p1, p2)
     T = C * max(1, FLAT_BLOCK // C)
     bt = np.empty(T, np.float32)                 # bias tiled over a block
     for k in range(T):
@@ -197,6 +210,9 @@ def _epilogue_flat(y, bias, code, p0, p1, p2, positions, mask, seen, groups):
             if plain_relu:
                 for k in range(n):
                     v[k] = max(v[k], np.float32(0.0))
+            elif cap >= 0:
+                for k in range(n):
+                    v[k] = min(max(v[k], np.float32(0.0)), cap)
             elif code != 0:
                 for k in range(n):
                     v[k] = apply_activation(v[k], code, p0, p1, p2)
@@ -215,6 +231,7 @@ def _epilogue_rows(y, bias, code, p0, p1, p2, positions, mask, msp, msc, seen, s
     has_seen = seen.shape[0] > 0
     counting = seen.itemsize > 1
     plain_relu = is_plain_relu(code, p0, p1, p2)
+    cap = relu_cap(code, p0, p1, p2)
     for r in range(rows):
         p = r % positions
         if has_seen:
@@ -229,6 +246,9 @@ def _epilogue_rows(y, bias, code, p0, p1, p2, positions, mask, msp, msc, seen, s
         if plain_relu:
             for c in range(C):
                 y[r, c] = max(y[r, c] + bias[c], np.float32(0.0))
+        elif cap >= 0:
+            for c in range(C):
+                y[r, c] = min(max(y[r, c] + bias[c], np.float32(0.0)), cap)
         elif code == 0:
             for c in range(C):
                 y[r, c] += bias[c]

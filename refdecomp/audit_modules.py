@@ -37,20 +37,14 @@ from typing import Any
 import numpy as np
 
 from . import metrics
-from .decompose.backtrack import flat_index_map
 from .decompose.channeling import channel_weights, find_head
 from .errors import DataError, ModelFormatError, RefdecompError, describe_layer
-from .graph import WEIGHTED_OPS, Graph, Node
-from .ops.reference import activate
+from .graph import Graph, Node
+from .ops.reference import maps_zero_to_zero
 
 # `import refdecomp` binds `audit_modules`, so the reader, the interpreter, the reports and the
 # model loader are imported inside the functions that use them, keeping that import light.
 
-#: Ops a unit's value passes through unchanged in its channel on the way to the next weighted
-#: layer (the "outgoing weights" of a unit are the consumers' kernel entries reading it).
-_CHANNEL_PRESERVING = frozenset({"activation", "prelu", "batch_norm", "rescaling",
-                                 "normalization", "identity", "max_pool2d", "avg_pool2d",
-                                 "zero_pad2d", "add"})
 #: Two outputs agree when they differ by at most this much (probabilities).
 OUTPUT_TOLERANCE = 1e-5
 #: How many cut-off units the Markdown report lists per module.
@@ -156,7 +150,7 @@ def _strip_node_masks(path: str, out: Path) -> tuple[str, dict[str, np.ndarray]]
 def _weighted_producer(graph: Graph, name: str) -> Node:
     """The conv2d / dense node whose value `name` carries (through element-wise layers)."""
     node = graph[name]
-    while node.op not in WEIGHTED_OPS:
+    while not node.weighted:
         if node.op not in ("activation", "identity") or len(node.inputs) != 1:
             raise ModelFormatError(f"{graph.source}: a NodeMask layer follows "
                                    f"{describe_layer(node.name, node.keras_class)}, not a "
@@ -245,10 +239,8 @@ def _units_off(node: Node, mask: np.ndarray) -> np.ndarray:
 
 
 def _unit_axis(node: Node) -> int:
-    """Axis of a conv2d / dense output (without the batch axis) that indexes its units."""
-    if node.op == "conv2d" and node.attrs.get("data_format") == "channels_first":
-        return 0
-    return len(node.shape) - 1
+    """Axis of a weighted node's output (without the batch axis) that indexes its units."""
+    return node.spec.channel_axis(node)
 
 
 # -- units cut off -----------------------------------------------------------------------------
@@ -269,56 +261,26 @@ def _outgoing_readers(graph: Graph, node: Node) -> list[tuple[str, np.ndarray, b
             return None
         for reader in consumers[name]:
             r = graph[reader]
-            if r.op in WEIGHTED_OPS:
+            if r.weighted:
                 found.append((reader, _rows_of(r, units), alone))
-            elif r.op in _CHANNEL_PRESERVING:
-                keeps = (r.op in ("identity", "max_pool2d", "avg_pool2d", "zero_pad2d")
-                         or (r.op == "activation" and _keeps_zero(r.attrs.get("activation"))))
-                todo.append((reader, _same_channels(r, units, name), alone and keeps))
-            elif r.op in ("flatten", "reshape"):
-                todo.append((reader, np.asarray(units).reshape(-1)[
-                    flat_index_map(r, graph[name].shape)].reshape(r.shape), alone))
-            elif r.op in ("global_avg_pool2d", "global_max_pool2d") \
-                    and not r.attrs.get("keepdims"):
-                cf = r.attrs.get("data_format") == "channels_first"
-                todo.append((reader, np.asarray(units)[:, 0, 0] if cf
-                             else np.asarray(units)[0, 0, :], alone))
-            elif r.op == "concatenate":
-                axis = r.attrs["axis"] - 1 if r.attrs["axis"] > 0 else r.attrs["axis"]
-                parts = [np.asarray(units) if s == name else np.full(graph[s].shape, -1)
-                         for s in r.inputs]
-                todo.append((reader, np.concatenate(parts, axis=axis), alone))
-            else:
-                return None
+            else:   # the op's unit flow (refdecomp/ops/defs/), None: not followed
+                flow = r.spec.units and r.spec.units(r, units, name, graph)
+                if not flow:
+                    return None
+                todo.append((reader, flow[0], alone and flow[1]))
     return found
 
 
 def _keeps_zero(act: Mapping[str, Any] | None) -> bool:
     """Whether an activation maps 0 to 0 (a unit with no input then outputs exactly 0)."""
-    if not act or act.get("name") == "softmax":
-        return not act
-    try:
-        return bool(activate(np.zeros(1, np.float32), dict(act))[0] == 0)
-    except RefdecompError:
-        return False
-
-
-def _same_channels(node: Node, units: np.ndarray, source: str) -> np.ndarray:
-    """Unit map after a channel-preserving op (pooling and padding change positions only)."""
-    units = np.asarray(units)
-    if units.shape == tuple(node.shape):
-        return units
-    cf = node.attrs.get("data_format") == "channels_first"
-    per_channel = units[:, 0, 0] if cf else units[0, 0, :]
-    shape = [1] * len(node.shape)
-    shape[0 if cf else -1] = -1
-    return np.broadcast_to(per_channel.reshape(shape), node.shape)
+    return not act or maps_zero_to_zero(act)
 
 
 def _rows_of(reader: Node, units: np.ndarray) -> np.ndarray:
-    """Unit index feeding each input row (dense) or input channel (conv2d) of `reader`."""
+    """Unit index feeding each input row (a (in, out) kernel: dense) or input channel (a
+    (KH, KW, Cin, ...) kernel: conv2d, depthwise_conv2d) of `reader`."""
     units = np.asarray(units)
-    if reader.op == "dense":
+    if reader.weights["kernel"].ndim == 2:
         return units.reshape(-1, reader.weights["kernel"].shape[0])[0]
     cf = reader.attrs.get("data_format") == "channels_first"
     return units[:, 0, 0] if cf else units.reshape(-1, units.shape[-1])[0]
@@ -331,7 +293,7 @@ def cut_units(graph: Graph, weights: Mapping[str, Mapping[str, np.ndarray]],
     entry and the bias are 0; cut out = every kernel entry of the layers reading the unit is 0.
     `dead_rows`: the readers' input rows that carry only cut-in units whose output is 0."""
     out = {}
-    for node in graph.nodes_of(WEIGHTED_OPS):
+    for node in graph.weighted_nodes():
         if node.name in exclude:
             continue
         w = weights[node.name]
@@ -371,7 +333,7 @@ def live_nonzero(graph: Graph, weights: Mapping[str, Mapping[str, np.ndarray]],
     out = {}
     for node in _weighted(graph):
         w = weights[node.name]
-        if node.op not in WEIGHTED_OPS:
+        if not node.weighted:
             out[node.name] = int(sum(int((np.asarray(a) != 0).sum()) for a in w.values()))
             continue
         kernel = np.asarray(w["kernel"])
@@ -400,7 +362,7 @@ def unit_activity(model, x: np.ndarray, y: np.ndarray, n_classes: int, batch_siz
     image of the class made that node > 0})."""
     from .interpreter import Recorder, _progress
 
-    names = [n.name for n in model.graph.nodes_of(WEIGHTED_OPS)]
+    names = [n.name for n in model.graph.weighted_nodes()]
     counts = {m: np.zeros((n_classes, model.graph[m].shape[_unit_axis(model.graph[m])]),
                           np.int64) for m in names}
     seen_by_class = {m: np.zeros((n_classes, *model.graph[m].shape), bool) for m in names}
@@ -686,7 +648,7 @@ def _audit_one(model, mod: ModuleFile, x, y, model_z, counts, seen_by_class, cla
     entry["layers"] = layers
 
     # units cut off, and the removal rule against the model's activity
-    hidden = [n for n in mod.graph.nodes_of(WEIGHTED_OPS) if n.name != mod_head.name]
+    hidden = [n for n in mod.graph.weighted_nodes() if n.name != mod_head.name]
     cut = cut_units(mod.graph, weights, frozenset({mod_head.name}))
     model_cut = {}
     if reference is not None:
@@ -762,7 +724,7 @@ def _audit_one(model, mod: ModuleFile, x, y, model_z, counts, seen_by_class, cla
 
     # sizes and Jaccard indices with the model
     kernels = np.concatenate([np.asarray(weights[n.name]["kernel"], np.float32).ravel()
-                              for n in mod.graph.nodes_of(WEIGHTED_OPS)])
+                              for n in mod.graph.weighted_nodes()])
     model_kernels = metrics.model_kernels(model.graph if reference is None else reference)
     nz_mod = int(sum(int((np.asarray(a) != 0).sum()) for w in weights.values()
                      for a in w.values()))

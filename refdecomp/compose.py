@@ -34,7 +34,6 @@ from numba import njit
 from . import metrics
 from .activations import activation_code
 from .errors import DataError, InternalError, RefdecompError
-from .graph import WEIGHTED_OPS
 from .interpreter import _progress, node_macs
 from .kernels.threads import parallel_parts
 
@@ -141,14 +140,14 @@ class Composer:
         # activation has no value of its own, so adds among the seeds are asked for.
         seeded = {s for names in self.seeds.values() for s in names}
         self.pass_outputs = [self.head_input] + sorted(
-            s for s in seeded if g[s].op == "add" and s != self.head_input)
+            s for s in seeded if g[s].spec.lowering == "add" and s != self.head_input)
 
     def _masked_nodes(self, module, ancestors) -> list[MaskedNode]:
         """The module's masked nodes that can reach the head input, in execution order."""
         g = self.model.graph
         out = []
         for name, mask in module.masks.items():
-            if name not in g or g[name].op not in WEIGHTED_OPS:
+            if name not in g or not g[name].weighted:
                 raise DataError(f"compose: module mask for {name!r}: not a conv2d / dense node "
                                 f"of the model's execution graph")
             mask = np.asarray(mask)

@@ -8,40 +8,10 @@ nested model's name as a prefix), so the interpreter only ever sees flat graphs 
 Tensors keep the layout Keras gives them (no batch axis in `Node.shape`); ops that care about
 layout carry `data_format` ("channels_last" | "channels_first") in their attributes.
 
-The op vocabulary, with the attributes (`Node.attrs`) and weights (`Node.weights`) each uses.
-Readers must normalise every Keras dialect to exactly this form:
-
-=================  ============================================================  ======================
-op                 attrs                                                         weights
-=================  ============================================================  ======================
-input              dtype                                                         -
-conv2d             strides (2), padding "valid"|"same", dilation (2),            kernel (kh,kw,cin,cout)
-                   activation (see ACTIVATIONS), data_format                     bias (cout,) optional
-dense              activation                                                    kernel (in,out), bias
-max_pool2d         pool (2), strides (2), padding, data_format                   -
-avg_pool2d         pool (2), strides (2), padding, data_format                   -
-                   (Keras `same`: padded cells are not counted in the mean)
-global_avg_pool2d  data_format, keepdims                                         -
-global_max_pool2d  data_format, keepdims                                         -
-flatten            data_format (channels_first: move C last, as Keras does)       -
-reshape            target_shape (tuple, may hold one -1)                         -
-add                -                                                             -
-concatenate        axis (negative or positive, counted *with* the batch axis)    -
-activation         activation (see ACTIVATIONS)                                  -
-prelu              shared_axes (tuple or None)                                   alpha (shape of input
-                                                                                 with shared axes = 1)
-softmax            axis                                                          -
-batch_norm         axis (tuple of non-batch axes, counted with batch axis),      gamma, beta,
-                   epsilon, center, scale                                        moving_mean,
-                                                                                 moving_variance
-rescaling          scale, offset (floats or lists broadcast on the last axis)    -
-normalization      axis (tuple), epsilon-free Keras 3 formula:                   mean, variance
-                   (x - mean) / max(sqrt(variance), 1e-7)
-zero_pad2d         padding ((top,bottom),(left,right)), data_format              -
-identity           - (Dropout, SpatialDropout2D, GaussianNoise, ... at inference) -
-channel_logsumexp  class_index: (N,) logits -> (2,) [z_c, logsumexp of the others]  -
-                   (only in module graphs, "logsumexp" channeling; never read)
-=================  ============================================================  ======================
+The op vocabulary is the op registry (`refdecomp.ops.registry`): each op is declared once in
+`refdecomp/ops/defs/`, with the attributes (`Node.attrs`) and weights (`Node.weights`) it uses
+and every rule the passes apply to it; `python -m refdecomp.ops` lists them. Readers normalise
+every Keras dialect to exactly that form.
 
 ACTIVATIONS are given as a dict ``{"name": str, **params}``; names: linear, relu (params
 max_value, negative_slope, threshold), leaky_relu (negative_slope), elu (alpha), selu,
@@ -58,18 +28,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InternalError
-
-OPS = frozenset(
-    {
-        "input", "conv2d", "dense", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
-        "global_max_pool2d", "flatten", "reshape", "add", "concatenate", "activation", "prelu",
-        "softmax", "batch_norm", "rescaling", "normalization", "zero_pad2d", "identity",
-        "channel_logsumexp",
-    }
-)
-
-#: Ops whose output nodes the decomposition reasons about (they own weights and a bias).
-WEIGHTED_OPS = frozenset({"conv2d", "dense"})
+from .ops import registry
 
 LINEAR = {"name": "linear"}
 
@@ -92,8 +51,18 @@ class Node:
     keras_class: str = ""
 
     def __post_init__(self) -> None:
-        if self.op not in OPS:
+        if not registry.is_op(self.op):
             raise InternalError(f"unknown op {self.op!r} for layer {self.name!r}")
+
+    @property
+    def spec(self) -> registry.OpSpec:
+        """The registered rules of this node's op."""
+        return registry.spec(self.op)
+
+    @property
+    def weighted(self) -> bool:
+        """Whether the node takes masks and recording (conv2d, dense, depthwise_conv2d)."""
+        return registry.spec(self.op).weighted
 
     @property
     def activation(self) -> dict[str, Any]:
@@ -150,6 +119,10 @@ class Graph:
     def nodes_of(self, ops: Iterable[str]) -> list[Node]:
         ops = set(ops)
         return [n for n in self.nodes if n.op in ops]
+
+    def weighted_nodes(self) -> list[Node]:
+        """The nodes that take masks and recording, in graph order."""
+        return [n for n in self.nodes if n.weighted]
 
     def input_shapes(self) -> list[tuple[int, ...]]:
         return [self[name].shape for name in self.inputs]

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from .errors import DataError, RefdecompError
-from .graph import WEIGHTED_OPS, Graph, Node
+from .graph import Graph, Node
 from .ops import reference as ref
 from .transforms import optimize
 
@@ -44,10 +44,10 @@ class Recorder:
             raise DataError(f"Recorder: n_groups must be >= 1, got {n_groups}")
         self.n_groups = int(n_groups)
         self.counting = bool(counts)
-        names = [n.name for n in graph.nodes_of(WEIGHTED_OPS)] if nodes is None else list(nodes)
+        names = [n.name for n in graph.weighted_nodes()] if nodes is None else list(nodes)
         self.shapes: dict[str, tuple[int, ...]] = {}
         for name in names:
-            if name not in graph or graph[name].op not in WEIGHTED_OPS:
+            if name not in graph or not graph[name].weighted:
                 raise DataError(f"Recorder: {name!r} is not a conv2d / dense node of the graph")
             self.shapes[name] = tuple(graph[name].shape)
         self._targets = {name: PerThreadRecord(self.n_groups, int(np.prod(shape)), self.counting)
@@ -269,7 +269,7 @@ class Model:
     def _check_masks(self, masks) -> dict[str, np.ndarray]:
         out = {}
         for name, m in (masks or {}).items():
-            if name not in self.graph or self.graph[name].op not in WEIGHTED_OPS:
+            if name not in self.graph or not self.graph[name].weighted:
                 raise DataError(f"masks: {name!r} is not a conv2d / dense node of the execution "
                                 f"graph")
             m = np.asarray(m)
@@ -292,7 +292,7 @@ class Model:
             raise DataError(f"groups must lie in [0, {recorder.n_groups}), got "
                             f"[{groups.min()}, {groups.max()}]")
         for name in recorder.nodes:
-            if name not in self.graph or self.graph[name].op not in WEIGHTED_OPS:
+            if name not in self.graph or not self.graph[name].weighted:
                 raise DataError(f"recorder: {name!r} is not a conv2d / dense node of this "
                                 f"model's execution graph")
         return np.ascontiguousarray(groups, dtype=np.int32)
@@ -315,19 +315,12 @@ def _check_shapes(graph: Graph) -> None:
 
 
 def node_macs(graph: Graph, node: Node) -> int:
-    """Multiply-accumulates per image: conv OH*OW*KH*KW*Cin*Cout, dense in*out per position.
+    """Multiply-accumulates per image, by the op's rule (conv OH*OW*KH*KW*Cin*Cout, dense
+    in*out per position, depthwise OH*OW*KH*KW*Cin*M, 0 for ops without weights).
     Open dimensions (None) count as 1: the figure is then per output position."""
     if any(d is None for d in node.shape):
         node = node.replace(shape=tuple(1 if d is None else d for d in node.shape))
-    if node.op == "conv2d":
-        kh, kw, cin, cout = node.weights["kernel"].shape
-        spatial = node.shape[1:] if node.attrs.get("data_format") == "channels_first" \
-            else node.shape[:-1]
-        return int(np.prod(spatial)) * kh * kw * cin * cout
-    if node.op == "dense":
-        i, o = node.weights["kernel"].shape
-        return int(np.prod(node.shape[:-1], dtype=np.int64)) * i * o
-    return 0
+    return int(node.spec.macs(node))
 
 
 def _progress(it, enabled: bool, total: int):
@@ -378,7 +371,7 @@ def _make_executor(graph: Graph, engine: str):
                 done_with_producer.add(act_name)
             elif kernel_ops is not None and node.name in kernel_ops:
                 env[node.name] = kernel_ops[node.name](args, mask, seen, groups)
-            elif node.op in WEIGHTED_OPS:
+            elif node.weighted:
                 env[node.name] = _reference_weighted(node, args[0], mask, seen, groups)
             else:
                 env[node.name] = ref.run_node(node, args)
@@ -393,8 +386,8 @@ def _make_executor(graph: Graph, engine: str):
 
 
 def _reference_weighted(node: Node, x: np.ndarray, mask, seen, groups) -> np.ndarray:
-    """conv2d / dense by the reference ops, with recording and masking."""
-    pre = ref.LINEAR_PART[node.op](node, x)
+    """A weighted op by the reference ops, with recording and masking."""
+    pre = node.spec.linear(node, x)
     if seen is not None:
         positive = pre > 0
         own = seen.local().reshape(seen.shape[0], *pre.shape[1:])    # this thread's copy

@@ -20,10 +20,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .graph import WEIGHTED_OPS, Graph, Node
-
-_ELEMENTWISE = frozenset({"activation", "prelu", "batch_norm", "rescaling", "normalization",
-                          "identity"})
+from .graph import Graph, Node
 
 
 # -- accuracy ---------------------------------------------------------------------------------
@@ -103,20 +100,14 @@ def one_vs_rest_accuracy(probs: np.ndarray, y: np.ndarray, c: int) -> float:
 # -- module size ------------------------------------------------------------------------------
 def kept_weights(graph: Graph, masks: Mapping[str, np.ndarray],
                  exclude: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
-    """{node: bool array of its kernel's shape, True = weight kept} for conv2d / dense nodes."""
+    """{node: bool array of its kernel's shape, True = weight kept} for weighted nodes (each
+    op's `used_weights` rule)."""
     out = {}
-    for node in graph.nodes_of(WEIGHTED_OPS):
+    for node in graph.weighted_nodes():
         if node.name in exclude:
             continue
         kin = _kept_tensor(graph, node.inputs[0], masks)
-        kout = _mask(graph, node, masks)
-        if node.op == "dense":
-            fin, fout = node.weights["kernel"].shape
-            used = (kin.reshape(-1, fin).astype(np.float32).T
-                    @ kout.reshape(-1, fout).astype(np.float32)) > 0
-        else:
-            used = _conv_used(node, kin, kout)
-        out[node.name] = used
+        out[node.name] = node.spec.used_weights(node, kin, _mask(graph, node, masks))
     return out
 
 
@@ -124,7 +115,7 @@ def module_size(graph: Graph, masks: Mapping[str, np.ndarray],
                 exclude: frozenset[str] = frozenset()) -> dict[str, float]:
     """Nodes and weights kept by a module, in counts and fractions (see module docstring)."""
     nodes_kept = nodes_total = 0
-    for node in graph.nodes_of(WEIGHTED_OPS):
+    for node in graph.weighted_nodes():
         if node.name not in exclude:
             nodes_total += int(np.prod(node.shape))
             nodes_kept += int(_mask(graph, node, masks).sum())
@@ -166,7 +157,7 @@ def effective_kernels(graph: Graph, masks: Mapping[str, np.ndarray],
     the module does not keep set to 0 (nodes in `exclude` are taken as they are)."""
     used = kept_weights(graph, masks, exclude)
     parts = []
-    for node in graph.nodes_of(WEIGHTED_OPS):
+    for node in graph.weighted_nodes():
         k = node.weights["kernel"]
         parts.append((k if node.name in exclude else np.where(used[node.name], k, 0)).ravel())
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
@@ -174,7 +165,7 @@ def effective_kernels(graph: Graph, masks: Mapping[str, np.ndarray],
 
 def model_kernels(graph: Graph) -> np.ndarray:
     """All conv2d / dense kernels of a model, flattened and concatenated in graph order."""
-    parts = [n.weights["kernel"].ravel() for n in graph.nodes_of(WEIGHTED_OPS)]
+    parts = [n.weights["kernel"].ravel() for n in graph.weighted_nodes()]
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
@@ -185,35 +176,15 @@ def _mask(graph: Graph, node: Node, masks: Mapping[str, np.ndarray]) -> np.ndarr
 
 
 def _kept_tensor(graph: Graph, name: str, masks: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Kept map of a tensor: its producer's mask, followed through element-wise, flatten and
-    reshape layers; everything else counts as kept."""
-    from .decompose.backtrack import flat_index_map
-
+    """Kept map of a tensor: its producer's mask, followed through the ops whose `kept` rule
+    passes it on (element-wise, flatten, reshape); everything else counts as kept."""
     node = graph[name]
-    if node.op in WEIGHTED_OPS:
+    if node.weighted:
         return _mask(graph, node, masks)
-    if node.op in _ELEMENTWISE and node.attrs.get("activation", {}).get("name") != "softmax":
-        return _kept_tensor(graph, node.inputs[0], masks)
-    if node.op in ("flatten", "reshape"):
+    rule = node.spec.kept
+    if rule is not None:
         src = graph[node.inputs[0]]
-        kin = _kept_tensor(graph, src.name, masks).reshape(-1)
-        return kin[flat_index_map(node, src.shape)].reshape(node.shape)
+        kept = rule(node, _kept_tensor(graph, src.name, masks), src.shape)
+        if kept is not None:
+            return kept
     return np.ones(node.shape, dtype=bool)
-
-
-def _conv_used(node: Node, kin: np.ndarray, kout: np.ndarray) -> np.ndarray:
-    from .windows import source_sink
-
-    kernel = node.weights["kernel"]
-    kh, kw, cin, cout = kernel.shape
-    if node.attrs.get("data_format") == "channels_first":
-        kin, kout = np.moveaxis(kin, 0, -1), np.moveaxis(kout, 0, -1)
-    h, w = kin.shape[:2]
-    src = source_sink((h, w), (kh, kw), node.attrs["strides"], node.attrs["padding"],
-                      node.attrs.get("dilation", (1, 1)))
-    kin_flat = np.concatenate([kin.reshape(h * w, cin), np.zeros((1, cin), bool)])  # -1 -> pad
-    kout_q = kout.reshape(-1, cout).astype(np.float32)
-    used = np.empty((kh * kw, cin, cout), dtype=bool)
-    for t in range(kh * kw):
-        used[t] = (kin_flat[src[:, t]].astype(np.float32).T @ kout_q) > 0
-    return used.reshape(kh, kw, cin, cout)

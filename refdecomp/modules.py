@@ -39,7 +39,7 @@ from .decompose.recording import check_labels
 from .errors import DataError, ModuleFileError, RefdecompError
 from .export import export_keras
 from .fileio import atomic_path, regular_file, sha256_file
-from .graph import WEIGHTED_OPS, Graph
+from .graph import Graph
 from .interpreter import Model
 from .loading import load_model
 from .preprocessing import Preprocessing
@@ -576,7 +576,7 @@ def _read_bitmaps(group, graph: Graph, where: str) -> dict[str, np.ndarray]:
             raise ModuleFileError(f"{where}: {d.name!r} is not a dataset")
         node = attribute_text(d.attrs["node"], where, "a mask's node name") \
             if "node" in d.attrs else ""
-        if node not in graph or graph[node].op not in WEIGHTED_OPS:
+        if node not in graph or not graph[node].weighted:
             raise ModuleFileError(f"{where}: mask for {node!r}, which is not a conv2d / dense "
                                   f"node of the model")
         want = tuple(graph[node].shape)

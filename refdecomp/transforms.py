@@ -15,18 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from .graph import WEIGHTED_OPS, Graph, Node
-from .ops.reference import activate, batch_norm_scale_shift
+from .graph import Graph, Node
+from .ops.reference import batch_norm_scale_shift, maps_zero_to_zero
 
 
 def channel_axis(node: Node) -> int:
-    """The channel axis of a conv2d / dense output, counted with the batch axis."""
-    rank = len(node.shape) + 1
-    if node.op == "conv2d" and node.attrs.get("data_format") == "channels_first":
-        return 1
-    return rank - 1
+    """The channel axis of a weighted node's output, counted with the batch axis."""
+    return node.spec.channel_axis(node) + 1
 
 
 def _bn_axes(bn: Node, rank: int) -> tuple[int, ...]:
@@ -40,7 +35,7 @@ def _absorbable(graph: Graph, consumers: dict[str, list[str]], node: Node) -> No
     if len(node.inputs) != 1:
         return None
     prod = graph[node.inputs[0]]
-    if (prod.op in WEIGHTED_OPS and prod.activation.get("name") == "linear"
+    if (prod.weighted and prod.activation.get("name") == "linear"
             and consumers[prod.name] == [node.name] and prod.name not in graph.outputs):
         return prod
     return None
@@ -48,26 +43,14 @@ def _absorbable(graph: Graph, consumers: dict[str, list[str]], node: Node) -> No
 
 def _fold_bn(prod: Node, bn: Node) -> Node:
     scale, shift = batch_norm_scale_shift(bn, len(prod.shape) + 1)
-    scale, shift = scale.reshape(-1), shift.reshape(-1)
-    kernel = prod.weights["kernel"].astype(np.float32) * scale   # out channels are last
-    bias = prod.weights.get("bias", np.zeros(kernel.shape[-1], np.float32))
-    bias = (bias.astype(np.float32) * scale + shift).astype(np.float32)
-    return _absorb(prod, bn, weights={**prod.weights, "kernel": kernel, "bias": bias})
+    weights = prod.spec.scale_outputs(prod, scale.reshape(-1), shift.reshape(-1))
+    return _absorb(prod, bn, weights=weights)
 
 
 def _absorb(prod: Node, node: Node, **changes: Any) -> Node:
     attrs = {**prod.attrs, **changes.pop("attrs", {})}
     attrs["absorbed"] = (*prod.attrs.get("absorbed", ()), node.name)
     return prod.replace(attrs=attrs, shape=node.shape, **changes)
-
-
-def _maps_zero_to_zero(act: dict[str, Any]) -> bool:
-    if act.get("name") in ("softmax", "log_softmax"):
-        return False
-    try:
-        return float(activate(np.zeros(1, np.float32), act)[0]) == 0.0
-    except Exception:
-        return False
 
 
 def _rewrite(graph: Graph, mapping: dict[str, str], absorb) -> Graph:
@@ -104,7 +87,7 @@ def _bn_step(graph, consumers, node):
 
 
 def _act_step(graph, consumers, node):
-    if node.op != "activation" or not _maps_zero_to_zero(node.activation):
+    if node.op != "activation" or not maps_zero_to_zero(node.activation):
         return None
     prod = _absorbable(graph, consumers, node)
     if prod is None:

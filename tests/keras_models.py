@@ -150,6 +150,30 @@ def _draw_conv(draw, shape, fmt, dialect, *, filters=None, strides=None, padding
     return spec, _image(oh, ow, filters, fmt)
 
 
+def _draw_depthwise(draw, shape, fmt, dialect):
+    """DepthwiseConv2D or SeparableConv2D: the window of `_draw_conv`, a depth multiplier."""
+    conv, _ = _draw_conv(draw, shape, fmt, dialect)
+    p = dict(conv.params)
+    h, w, c = _hwc(shape, fmt)
+    mult = draw(st.integers(1, 3))
+    separable = draw(st.booleans())
+    filters = p.pop("filters")
+    if not separable:
+        filters = c * mult
+    spec = LayerSpec("separable" if separable else "depthwise",
+                     dict(p, depth_multiplier=mult, **({"filters": filters} if separable else {})))
+    oh = _window_out(h, p["kernel_size"][0], p["strides"][0], p["dilation_rate"][0], p["padding"])
+    ow = _window_out(w, p["kernel_size"][1], p["strides"][1], p["dilation_rate"][1], p["padding"])
+    return spec, _image(oh, ow, filters, fmt)
+
+
+def _draw_upsample(draw, shape, fmt, dialect):
+    h, w, c = _hwc(shape, fmt)
+    size = draw(st.tuples(st.integers(1, 2), st.integers(1, 2)))
+    return (LayerSpec("upsample", dict(size=size, data_format=fmt, interpolation="nearest")),
+            _image(h * size[0], w * size[1], c, fmt))
+
+
 def _draw_pool(draw, shape, fmt, dialect):
     h, w, c = _hwc(shape, fmt)
     padding = draw(st.sampled_from(["valid", "same"]))
@@ -252,7 +276,7 @@ def _draw_reshape(draw, shape, fmt, dialect):
 _IMAGE_LAYERS = (
     (_draw_conv, 5), (_draw_pool, 2), (_draw_batch_norm, 2), (_draw_activation_layer, 2),
     (_draw_rescaling, 1), (_draw_dropout, 1), (_draw_zero_pad, 1), (_draw_reshape, 1),
-    (_draw_normalization, 1),
+    (_draw_normalization, 1), (_draw_depthwise, 2), (_draw_upsample, 1),
 )
 _VECTOR_LAYERS = (_draw_batch_norm, _draw_activation_layer, _draw_rescaling, _draw_dropout,
                   _draw_normalization)
@@ -429,6 +453,8 @@ def make_layer(K, spec: LayerSpec):
         "dense": L.Dense, "dropout": L.Dropout, "spatial_dropout": L.SpatialDropout2D,
         "gaussian_noise": L.GaussianNoise, "gaussian_dropout": L.GaussianDropout,
         "alpha_dropout": L.AlphaDropout, "normalization": L.Normalization,
+        "depthwise": L.DepthwiseConv2D, "separable": L.SeparableConv2D,
+        "upsample": L.UpSampling2D,
     }
     if kind == "leaky_relu":
         slope = p.pop("negative_slope")
@@ -440,7 +466,8 @@ def make_layer(K, spec: LayerSpec):
 # Layers whose computation depends on data_format: the channels_last twin runs them between
 # Permutes instead (see Builder).
 _LAYOUT_KINDS = frozenset({"conv", "max_pool", "avg_pool", "zero_pad", "global_avg_pool",
-                           "global_max_pool", "flatten", "spatial_dropout"})
+                           "global_max_pool", "flatten", "spatial_dropout", "depthwise",
+                           "separable", "upsample"})
 
 
 class Builder:
@@ -566,16 +593,16 @@ def _variable_name(v) -> str:
 
 
 def randomize_weights(model, seed: int) -> None:
-    """Give every variable random values of its kind: kernels ~ N(0, 1/fan_in), biases and
-    betas ~ N(0, 0.2^2), gammas in [0.5, 1.5], moving means ~ N(0, 0.5^2), moving variances in
-    [0.3, 2], PReLU slopes in [-0.3, 0.6], Normalization means ~ N(0, 0.5^2) and variances in
-    [0.3, 2]. Keras's initial moving statistics (0 and 1) would hide
-    a reader that ignores them."""
+    """Give every variable random values of its kind: kernels (depthwise and pointwise ones
+    too) ~ N(0, 1/fan_in), biases and betas ~ N(0, 0.2^2), gammas in [0.5, 1.5], moving means
+    ~ N(0, 0.5^2), moving variances in [0.3, 2], PReLU slopes in [-0.3, 0.6], Normalization
+    means ~ N(0, 0.5^2) and variances in [0.3, 2]. Keras's initial moving statistics (0 and 1)
+    would hide a reader that ignores them."""
     rng = np.random.default_rng(seed)
     for v in model.weights:
         shape = tuple(int(d) for d in v.shape)
         name = _variable_name(v)
-        if name == "kernel":
+        if name in ("kernel", "depthwise_kernel", "pointwise_kernel"):
             fan_in = int(np.prod(shape[:-1])) or 1
             value = rng.normal(0.0, 1.0 / np.sqrt(fan_in), shape)
         elif name == "gamma":

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from refdecomp.compose import NOT_FLAGGED, Composer, compose_features, compose_margins
 from refdecomp.decompose import build_modules, observe
 from refdecomp.decompose.update import update_module
-from refdecomp.graph import WEIGHTED_OPS, Graph, Node
+from refdecomp.graph import Graph, Node
 from refdecomp.interpreter import Model
 from refdecomp.modules import Module, ModuleSet
 
@@ -108,12 +108,12 @@ def composition_graphs(draw):
 def random_modules(model, rng, count, rate):
     """Modules with random masks (each node of each weighted layer masked with prob. `rate`)
     and random two-unit heads."""
-    head = [n for n in model.graph.nodes_of(WEIGHTED_OPS)][-1]
+    head = [n for n in model.graph.weighted_nodes()][-1]
     d = head.weights["kernel"].shape[0]
     mods = []
     for c in range(count):
         masks = {n.name: (rng.random(n.shape) >= rate).astype(np.uint8)
-                 for n in model.graph.nodes_of(WEIGHTED_OPS) if n.name != head.name}
+                 for n in model.graph.weighted_nodes() if n.name != head.name}
         mods.append(Module(model, c, rng.normal(size=(d, 2)).astype(np.float32),
                            rng.normal(size=2).astype(np.float32), masks))
     return mods

@@ -5,7 +5,8 @@ Hypothesis draws CNNs (tests/keras_models.py: Sequential and Functional with Add
 branches and shared layers, nested models, two inputs and two outputs; random kernel sizes,
 strides, `same`/`valid` padding including `same` with stride 2 on odd sizes, dilations,
 activations, pooling, batch norm with random moving statistics on any axis, Normalization,
-PReLU, Rescaling, ZeroPadding2D, Reshape, dropout-like layers, channels_first) and random
+PReLU, Rescaling, ZeroPadding2D, Reshape, DepthwiseConv2D and SeparableConv2D (depth
+multipliers), UpSampling2D, dropout-like layers, channels_first) and random
 weights. Each model is saved in every format its dialect writes (Keras 3: legacy `.h5`,
 `.keras`, `.weights.h5` + `to_json()`; tf_keras: `.h5`, `.keras`, `save_weights` `.h5` +
 `to_json()`), loaded with `refdecomp.load_model`, and its predictions on a random batch compared

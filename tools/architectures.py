@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
-ARCHITECTURES = ("resnet20", "resnet32", "resnet56", "small_cnn")
+ARCHITECTURES = ("resnet20", "resnet32", "resnet56", "small_cnn", "mobilenet_v2")
 
 
 def _initializers(seed: int | None):
@@ -104,6 +104,50 @@ def small_cnn(input_shape, num_classes: int, *, filters=(16, 32), dense: int = 6
     return keras.Model(inputs, outputs, name="small_cnn")
 
 
+#: MobileNetV2's inverted residual stages for 32x32 inputs: (expansion t, channels c,
+#: blocks n, stride s of the first block), the ImageNet table with the first two strides 1
+MOBILENET_V2_CIFAR = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
+                      (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+def mobilenet_v2(input_shape, num_classes: int, *, width: float = 1.0, mean=None, std=None,
+                 seed: int | None = None) -> keras.Model:
+    """MobileNetV2 (Sandler et al. 2018) for CIFAR-sized inputs: conv3x3(32)+BN+ReLU6, then
+    inverted residual blocks (1x1 expansion + BN + ReLU6, depthwise 3x3 + BN + ReLU6, linear
+    1x1 bottleneck + BN, Add where input and output shapes agree), conv1x1(1280)+BN+ReLU6,
+    global average pooling, Dense softmax. `width` scales every channel count."""
+    init = _initializers(seed)
+
+    def ch(c: int) -> int:
+        return max(8, int(c * width + 4) // 8 * 8)
+
+    def conv_bn(x, filters, kernel, strides, name, relu6=True):
+        x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
+                          kernel_initializer=init(), name=name)(x)
+        x = layers.BatchNormalization(name=name + "_bn")(x)
+        return layers.ReLU(6.0, name=name + "_relu")(x) if relu6 else x
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = conv_bn(preprocessing(mean, std)(inputs), ch(32), 3, 1, "stem")
+    for stage, (t, c, n, s) in enumerate(MOBILENET_V2_CIFAR):
+        for block in range(n):
+            p = f"stage{stage + 1}_block{block + 1}"
+            strides = s if block == 0 else 1
+            y = conv_bn(x, x.shape[-1] * t, 1, 1, p + "_expand") if t != 1 else x
+            y = layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False,
+                                       depthwise_initializer=init(), name=p + "_depthwise")(y)
+            y = layers.BatchNormalization(name=p + "_depthwise_bn")(y)
+            y = layers.ReLU(6.0, name=p + "_depthwise_relu")(y)
+            y = conv_bn(y, ch(c), 1, 1, p + "_project", relu6=False)
+            x = layers.Add(name=p + "_add")([x, y]) if strides == 1 and \
+                x.shape[-1] == ch(c) else y
+    x = conv_bn(x, 1280 if width <= 1 else ch(1280), 1, 1, "head")
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", kernel_initializer=init(),
+                           name="predictions")(x)
+    return keras.Model(inputs, outputs, name="mobilenet_v2")
+
+
 def build(architecture: str, input_shape, num_classes: int, *, batch_norm=False, mean=None,
           std=None, seed=None, filters=(16, 32), dense=64) -> keras.Model:
     """Builder by name (one of ARCHITECTURES)."""
@@ -113,4 +157,6 @@ def build(architecture: str, input_shape, num_classes: int, *, batch_norm=False,
     if architecture == "small_cnn":
         return small_cnn(input_shape, num_classes, filters=tuple(filters), dense=dense,
                          mean=mean, std=std, seed=seed)
+    if architecture == "mobilenet_v2":
+        return mobilenet_v2(input_shape, num_classes, mean=mean, std=std, seed=seed)
     raise ValueError(f"unknown architecture {architecture!r}; one of {ARCHITECTURES}")

@@ -1,8 +1,10 @@
 """Forward-pass throughput: refdecomp (with and without recording) vs Keras/TensorFlow `predict`.
 
 Builds CIFAR-10 ResNet-20 v1 in Keras with random weights (the paper's variant without batch
-norm, and the variant with batch norm and random moving statistics), saves it to .h5, loads that
-file with refdecomp, checks both compute the same function, then times, in the same run:
+norm, and the variant with batch norm and random moving statistics), or with `--model
+mobilenet_v2` a depthwise-heavy MobileNetV2 for 32x32 images (`tools/architectures.py`, batch
+norm with random moving statistics), saves it to .h5, loads that file with refdecomp, checks
+both compute the same function, then times, in the same run:
 
 * Keras `model.predict(x, batch_size)`;
 * refdecomp `Model.predict(x, batch_size)`;
@@ -16,8 +18,9 @@ and TensorFlow's oneDNN held to it (`refdecomp.kernels.isa.ENVIRONMENTS`), on al
 fraction of the FMA peak refdecomp's predict reaches. The peak is nominal: clock x FMA pipes x
 2 flops x float32 lanes of the ISA x threads (`fma_peak_gflops_per_thread`).
 
-Usage: python tools/bench_forward.py [--images 2048] [--batch-size 256] [--repeats 3]
-                                     [--threads N] [--isa avx2 avx512 native]
+Usage: python tools/bench_forward.py [--model resnet20|mobilenet_v2] [--images 2048]
+                                     [--batch-size 256] [--repeats 3] [--threads N]
+                                     [--isa avx2 avx512 native]
 """
 from __future__ import annotations
 
@@ -53,27 +56,36 @@ def _best_interleaved(fns, repeats: int) -> list[float]:
     return best
 
 
-def build_keras(batch_norm: bool, seed: int):
-    import keras
-    from architectures import resnet_v1
+#: per model: (label, layer whose output is compared as the classifier's input features)
+MODELS = {"resnet20": ("ResNet-20 v1", "flatten"), "mobilenet_v2": ("MobileNetV2", "avg_pool")}
 
-    model = resnet_v1(20, (32, 32, 3), 10, batch_norm=batch_norm, seed=seed)
+
+def build_keras(model_name: str, batch_norm: bool, seed: int):
+    import keras
+    from architectures import mobilenet_v2, resnet_v1
+
+    if model_name == "mobilenet_v2":
+        model = mobilenet_v2((32, 32, 3), 10, seed=seed)
+    else:
+        model = resnet_v1(20, (32, 32, 3), 10, batch_norm=batch_norm, seed=seed)
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             g, b, m, v = (w.numpy() for w in layer.weights)
             layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0, 0.1, b.shape),
                                rng.normal(0, 0.1, m.shape), rng.uniform(0.5, 1.5, v.shape)])
-        elif isinstance(layer, keras.layers.Conv2D):
+        elif isinstance(layer, keras.layers.Conv2D) and layer.use_bias:
             k, b = layer.get_weights()
             layer.set_weights([k, rng.normal(0, 0.05, b.shape).astype(np.float32)])
     return model
 
 
-def bench(batch_norm: bool, n_images: int, batch_size: int, repeats: int, seed: int) -> dict:
-    kmodel = build_keras(batch_norm, seed)
+def bench(batch_norm: bool, n_images: int, batch_size: int, repeats: int, seed: int,
+          model_name: str = "resnet20") -> dict:
+    kmodel = build_keras(model_name, batch_norm, seed)
+    features = MODELS[model_name][1]
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "resnet20.h5")
+        path = os.path.join(tmp, f"{model_name}.h5")
         kmodel.save(path)
         model = load_model(path)
     rng = np.random.default_rng(seed)
@@ -87,9 +99,9 @@ def bench(batch_norm: bool, n_images: int, batch_size: int, repeats: int, seed: 
     agree = float(np.mean(ours.argmax(1) == theirs.argmax(1)))
     # softmax can saturate: also compare the features entering the classifier
     import keras
-    feats = keras.Model(kmodel.inputs, kmodel.get_layer("flatten").output)
+    feats = keras.Model(kmodel.inputs, kmodel.get_layer(features).output)
     f_theirs = feats.predict(x[:batch_size], batch_size=batch_size, verbose=0)
-    f_ours = model.layer_outputs(x[:batch_size], ["flatten"])["flatten"]
+    f_ours = model.layer_outputs(x[:batch_size], [features])[features]
     feat_rel = float(np.abs(f_ours - f_theirs).max() / max(np.abs(f_theirs).max(), 1e-30))
 
     def keras_predict():
@@ -109,7 +121,8 @@ def bench(batch_norm: bool, n_images: int, batch_size: int, repeats: int, seed: 
         fn()                                    # warm-up: JIT compile, TF graph tracing
     t_keras, t_pred, t_rec, t_count = _best_interleaved(fns, repeats)
     macs = model.macs()
-    return dict(variant="with batch norm" if batch_norm else "no batch norm (paper)",
+    return dict(variant=("with batch norm" if batch_norm else "no batch norm (paper)")
+                if model_name == "resnet20" else "with batch norm",
                 macs=macs, max_abs_diff=diff, argmax_agree=agree, feature_rel_diff=feat_rel,
                 keras=n_images / t_keras, predict=n_images / t_pred, record=n_images / t_rec,
                 count=n_images / t_count)
@@ -157,8 +170,8 @@ def child(args) -> int:
         print(json.dumps({"error": f"Numba targets {TARGET[0]} here, which gives the {ISA} "
                                    f"variant, not {args.isa[0]}"}))
         return 0
-    variants = {"plain": [False], "bn": [True], "both": [False, True]}[args.variant]
-    rows = [bench(bn, args.images, args.batch_size, args.repeats, args.seed) for bn in variants]
+    rows = [bench(bn, args.images, args.batch_size, args.repeats, args.seed, args.model)
+            for bn in _variants(args)]
     peak, how = fma_peak_gflops_per_thread(ISA)
     print(json.dumps({"isa": ISA, "cpu": TARGET[0], "peak_1t": peak, "peak_how": how,
                       "threads": args.threads or len(os.sched_getaffinity(0)), "rows": rows}))
@@ -169,8 +182,9 @@ def across_isas(args) -> int:
     """Every ISA in `args.isa`, each in a subprocess, all cores and one; one table."""
     from refdecomp.kernels.isa import ENVIRONMENTS
 
-    print(f"ResNet-20 v1, CIFAR-10 shape, {args.images} images, batch {args.batch_size}, "
-          f"best of {args.repeats}, {os.cpu_count()} CPU cores; each ISA in its own process")
+    print(f"{MODELS[args.model][0]}, CIFAR-10 shape, {args.images} images, batch "
+          f"{args.batch_size}, best of {args.repeats}, {os.cpu_count()} CPU cores; each ISA in "
+          f"its own process")
     runs = [(isa, args.threads) for isa in args.isa]
     if not args.no_single_thread:
         runs += [(isa, 1) for isa in args.isa]
@@ -181,7 +195,7 @@ def across_isas(args) -> int:
         env.update(ENVIRONMENTS[isa])
         cmd = [sys.executable, __file__, "--child", "--isa", isa, "--images", str(args.images),
                "--batch-size", str(args.batch_size), "--repeats", str(args.repeats),
-               "--seed", str(args.seed), "--variant", args.variant]
+               "--seed", str(args.seed), "--variant", args.variant, "--model", args.model]
         if threads:
             cmd += ["--threads", str(threads)]
         print(f"  running --isa {isa} with {threads or 'all'} thread(s) ...", flush=True)
@@ -214,13 +228,23 @@ def across_isas(args) -> int:
     return 0
 
 
+def _variants(args) -> list[bool]:
+    """Batch norm off / on per run (MobileNetV2 has batch norm only)."""
+    if args.model == "mobilenet_v2":
+        return [True]
+    return {"plain": [False], "bn": [True], "both": [False, True]}[args.variant]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--variant", choices=("plain", "bn", "both"), default="both")
+    ap.add_argument("--model", choices=tuple(MODELS), default="resnet20",
+                    help="resnet20 (the paper's network) or mobilenet_v2 (depthwise-heavy)")
+    ap.add_argument("--variant", choices=("plain", "bn", "both"), default="both",
+                    help="resnet20 without / with batch norm (mobilenet_v2 always has it)")
     ap.add_argument("--threads", type=int,
                     help="threads for both engines (TF intra-op pool and REFDECOMP_THREADS); "
                          "default: each engine's own choice (all cores)")
@@ -236,12 +260,12 @@ def main(argv=None) -> int:
     if args.isa:
         return across_isas(args)
     _set_threads(args.threads)
-    variants = {"plain": [False], "bn": [True], "both": [False, True]}[args.variant]
-    print(f"ResNet-20 v1, CIFAR-10 shape, {args.images} images, batch {args.batch_size}, "
-          f"best of {args.repeats}, {os.cpu_count()} CPU cores, "
+    variants = _variants(args)
+    print(f"{MODELS[args.model][0]}, CIFAR-10 shape, {args.images} images, batch "
+          f"{args.batch_size}, best of {args.repeats}, {os.cpu_count()} CPU cores, "
           f"{args.threads or 'default'} thread(s) per engine")
     for bn in variants:
-        r = bench(bn, args.images, args.batch_size, args.repeats, args.seed)
+        r = bench(bn, args.images, args.batch_size, args.repeats, args.seed, args.model)
         gf = 2 * r["macs"] / 1e9
         print(f"\n[{r['variant']}] {r['macs'] / 1e6:.1f} M MACs/image; outputs vs Keras: "
               f"max |diff| {r['max_abs_diff']:.2e}, argmax agreement {r['argmax_agree']:.3f}, "

@@ -315,7 +315,7 @@ def main(argv=None) -> None:
     p.add_argument("--dataset", help="dataset name or path (refdecomp.datasets)")
     p.add_argument("--data-dir", help="folder holding the dataset files")
     p.add_argument("--arch", default="small_cnn",
-                   help="resnet20 | resnet32 | resnet56 | small_cnn")
+                   help="resnet20 | resnet32 | resnet56 | small_cnn | mobilenet_v2")
     p.add_argument("--batch-norm", action="store_true", help="ResNet with batch normalisation")
     p.add_argument("--normalize", action="store_true",
                    help="per-channel standardisation inside the model (else x/255)")

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, RefdecompError
-from ..graph import WEIGHTED_OPS
 from .backtrack import MODES, prune_masks
 from .channeling import (
     CHANNELINGS,
@@ -291,12 +290,11 @@ def _check_build_options(backtrack: str, delta, delta_rule: str, delta_scale: st
 
 def channel_axis(node) -> int:
     """Channel axis of a conv2d / dense node's output shape (no batch axis): filters / units."""
-    return 0 if node.op == "conv2d" and node.attrs.get("data_format") == "channels_first" \
-        else len(node.shape) - 1
+    return node.spec.channel_axis(node)
 
 
 def _hidden(graph, head) -> list[str]:
-    return [nd.name for nd in graph.nodes_of(WEIGHTED_OPS) if nd.name != head.name]
+    return [nd.name for nd in graph.weighted_nodes() if nd.name != head.name]
 
 
 def _as_model(model):

@@ -1,9 +1,10 @@
 """Bind graph nodes to the Numba kernels in `refdecomp.kernels`.
 
-`lower(graph)` returns `{node name: fn(inputs, mask, seen, groups) -> output}` for the nodes the
-kernels handle (conv2d, dense, max/avg pooling, same-shape add); every other node runs on the
-reference ops. Layout conversions (channels_first) and activations the kernels do not implement
-are handled here, so the kernels only ever see NHWC arrays and activation codes.
+`lower(graph)` returns `{node name: fn(inputs, mask, seen, groups) -> output}` for the nodes
+whose op's spec names a lowering in `LOWERINGS` (conv2d, depthwise_conv2d, dense, max/avg
+pooling, same-shape add); every other node runs on the reference ops. Layout conversions
+(channels_first) and activations the kernels do not implement are handled here, so the kernels
+only ever see NHWC arrays and activation codes.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ..graph import Graph, Node
 from ..kernels.add import add as add_kernel
 from ..kernels.conv import Conv2D
 from ..kernels.dense import Dense
+from ..kernels.depthwise import DepthwiseConv2D
 from ..kernels.epilogue import PerThreadRecord
 from ..kernels.pool import pool2d
 from . import reference as ref
@@ -62,24 +64,32 @@ def _finish(y, act, mask, where):
     return y
 
 
-def _conv(node: Node) -> Fn:
-    a = node.attrs
-    cf = a.get("data_format") == "channels_first"
-    k = node.weights["kernel"]
-    kern = Conv2D(k, node.weights.get("bias"), a["strides"], a["padding"],
-                  a.get("dilation", (1, 1)), LINEAR_CODE)
-    spatial = node.shape[1:] if cf else node.shape[:-1]
-    run = _weighted(node, kern, int(np.prod(spatial)), k.shape[-1], cf)
+def _windowed(make_kernel: Callable[[Node], object]) -> Callable[[Node], Fn]:
+    """The lowering of a sliding-window weighted op whose kernel class takes NHWC input and
+    has `cout` output channels (Conv2D, DepthwiseConv2D): channels_first runs between
+    transposes."""
+    def lower_windowed(node: Node) -> Fn:
+        cf = node.attrs.get("data_format") == "channels_first"
+        kern = make_kernel(node)
+        spatial = node.shape[1:] if cf else node.shape[:-1]
+        run = _weighted(node, kern, int(np.prod(spatial)), kern.cout, cf)
 
-    def conv(inputs, mask, seen, groups):
-        x = inputs[0]
-        if cf:
-            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        y, act, m, where = run(x, mask, seen, groups)
-        if cf:
-            y = np.ascontiguousarray(y.transpose(0, 3, 1, 2))
-        return _finish(y, act, m, where)
-    return conv
+        def windowed(inputs, mask, seen, groups):
+            x = inputs[0]
+            if cf:
+                x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            y, act, m, where = run(x, mask, seen, groups)
+            if cf:
+                y = np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+            return _finish(y, act, m, where)
+        return windowed
+    return lower_windowed
+
+
+def _window_args(node: Node) -> tuple:
+    a = node.attrs
+    return (node.weights["kernel"], node.weights.get("bias"), a["strides"], a["padding"],
+            a.get("dilation", (1, 1)), LINEAR_CODE)
 
 
 def _dense(node: Node) -> Fn:
@@ -92,16 +102,17 @@ def _dense(node: Node) -> Fn:
     return dense
 
 
-def _pool(node: Node) -> Fn:
-    a = node.attrs
-    cf = a.get("data_format") == "channels_first"
-    is_max = node.op == "max_pool2d"
+def _pool(is_max: bool) -> Callable[[Node], Fn]:
+    def lower_pool(node: Node) -> Fn:
+        a = node.attrs
+        cf = a.get("data_format") == "channels_first"
 
-    def pool(inputs, mask, seen, groups):
-        x = ref.to_nhwc(inputs[0], "channels_first" if cf else "channels_last")
-        y = pool2d(x, tuple(a["pool"]), tuple(a["strides"]), a["padding"], is_max)
-        return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if cf else y
-    return pool
+        def pool(inputs, mask, seen, groups):
+            x = ref.to_nhwc(inputs[0], "channels_first" if cf else "channels_last")
+            y = pool2d(x, tuple(a["pool"]), tuple(a["strides"]), a["padding"], is_max)
+            return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if cf else y
+        return pool
+    return lower_pool
 
 
 def _add(node: Node, act: Node | None = None) -> Fn:
@@ -117,13 +128,17 @@ def _add(node: Node, act: Node | None = None) -> Fn:
     return add
 
 
-_LOWER = {"conv2d": _conv, "dense": _dense, "max_pool2d": _pool, "avg_pool2d": _pool,
-          "add": _add}
+#: The lowerings an op's spec may name (`OpSpec.lowering`).
+LOWERINGS: dict[str, Callable[[Node], Fn]] = {
+    "conv": _windowed(lambda node: Conv2D(*_window_args(node))),
+    "depthwise": _windowed(lambda node: DepthwiseConv2D(*_window_args(node))),
+    "dense": _dense, "max_pool": _pool(True), "avg_pool": _pool(False),
+    "add": _add}
 
 
 def lower(graph: Graph) -> dict[str, Fn]:
-    """Kernel-backed implementations of the graph's conv, dense, pooling and add nodes."""
-    return {n.name: _LOWER[n.op](n) for n in graph if n.op in _LOWER}
+    """Kernel-backed implementations of the graph's nodes whose op names a lowering."""
+    return {n.name: LOWERINGS[n.spec.lowering](n) for n in graph if n.spec.lowering}
 
 
 def add_activation_pairs(graph: Graph) -> dict[str, tuple[str, Fn]]:
@@ -133,7 +148,7 @@ def add_activation_pairs(graph: Graph) -> dict[str, tuple[str, Fn]]:
     itself is unchanged (module files and exports see the same nodes)."""
     consumers = graph.consumers()
     pairs = {}
-    for node in graph.nodes_of(("add",)):
+    for node in (n for n in graph if n.spec.lowering == "add"):
         readers = consumers[node.name]
         if len(readers) != 1 or node.name in graph.outputs:
             continue

@@ -1,4 +1,4 @@
-"""NumPy executable specification of every op in `refdecomp.graph`'s vocabulary.
+"""NumPy executable specification of the ops in `refdecomp/ops/defs/` (their `reference` rules).
 
 Each op is a short function `op(node, inputs) -> array` over batched arrays (batch axis first),
 written for clarity, not speed: the Numba kernels in `refdecomp.kernels` are tested against these.
@@ -6,7 +6,6 @@ Semantics follow Keras exactly (see the notes on each function).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,14 +22,26 @@ from ..activations import (  # noqa: F401  (re-exported: part of the executable 
     sigmoid,
     softmax,
 )
-from ..errors import UnsupportedLayerError, describe_layer
+from ..errors import RefdecompError, UnsupportedLayerError, describe_layer
 from ..graph import Node
 from ..windows import geometry
+from . import registry
 
 
 # --------------------------------------------------------------------------------------------
 # activations: defined in refdecomp.activations, the one table of activations
 # --------------------------------------------------------------------------------------------
+def maps_zero_to_zero(act: dict[str, Any]) -> bool:
+    """Whether an element-wise activation maps 0 to 0 (so zero channels stay zero); softmax
+    mixes its axis and is not element-wise."""
+    if act.get("name") in ("softmax", "log_softmax"):
+        return False
+    try:
+        return float(activate(np.zeros(1, np.float32), dict(act))[0]) == 0.0
+    except (RefdecompError, TypeError, ValueError):
+        return False
+
+
 def activate(x: np.ndarray, act: dict[str, Any] | None, where: str = "activation") -> np.ndarray:
     """Apply an activation given as `{"name": ..., **params}` (see `refdecomp.graph`)."""
     if act is None:
@@ -266,19 +277,6 @@ def _where(node: Node) -> str:
     return describe_layer(node.name, node.keras_class or node.op)
 
 
-OPS: dict[str, Callable[[Node, list], np.ndarray]] = {
-    "conv2d": conv2d, "dense": dense, "max_pool2d": max_pool2d, "avg_pool2d": avg_pool2d,
-    "global_avg_pool2d": global_avg_pool2d, "global_max_pool2d": global_max_pool2d,
-    "flatten": flatten, "reshape": reshape, "add": add, "concatenate": concatenate,
-    "activation": activation, "prelu": prelu, "softmax": softmax_op, "batch_norm": batch_norm,
-    "rescaling": rescaling, "normalization": normalization, "zero_pad2d": zero_pad2d,
-    "identity": identity, "channel_logsumexp": channel_logsumexp,
-}
-
-#: The value before the activation of each weighted op (what recording looks at).
-LINEAR_PART = {"conv2d": conv2d_linear, "dense": dense_linear}
-
-
 def run_node(node: Node, inputs: list[np.ndarray]) -> np.ndarray:
-    """Execute one non-input node on batched inputs."""
-    return OPS[node.op](node, inputs)
+    """Execute one non-input node on batched inputs (by its op's registered reference)."""
+    return registry.spec(node.op).reference(node, inputs)

@@ -3,7 +3,8 @@
 Every call of a layer becomes one node: the first call is named after the layer, the k-th
 (k >= 1) `name@k`. Nested models are inlined: their nodes are named `outer/inner`, the model's
 inputs are wired to the tensors the outer call passes, and its outputs stand for the call's
-outputs. Shapes are inferred while building (`layers.lower`).
+outputs. Shapes are inferred while building (`layers.lower`). A layer that is two ops
+(SeparableConv2D) emits its first node as `name/<suffix>` before the node named after the layer.
 """
 from __future__ import annotations
 
@@ -141,6 +142,9 @@ class _Builder:
         if layer.class_name == "InputLayer":        # an InputLayer inside a Sequential
             return list(inputs)
         low = lower(layer, [self.shapes[i] for i in inputs], self.dialect)
+        for suffix, first in low.before:       # e.g. SeparableConv2D: its depthwise node
+            inputs = [self.emit(f"{name}/{suffix}", first.op, inputs, first.shape, first.attrs,
+                                first.weights, layer.class_name)]
         return [self.emit(name, low.op, inputs, low.shape, low.attrs, low.weights,
                           layer.class_name)]
 

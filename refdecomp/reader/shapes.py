@@ -13,6 +13,7 @@ import numpy as np
 from .. import limits
 from ..errors import DataError, LimitError, ModelFormatError
 from ..graph import Graph, Node
+from ..ops import registry
 
 Shape = tuple
 
@@ -21,14 +22,14 @@ class ShapeError(ValueError):
     """An op cannot be applied to inputs of these shapes (the message says why)."""
 
 
-def _hwc(shape: Shape, fmt: str):
+def hwc(shape: Shape, fmt: str):
     if len(shape) != 3:
         raise ShapeError(f"expects a rank-3 input (H, W, C) without the batch axis, got "
                          f"shape {shape}")
     return (shape[1], shape[2], shape[0]) if fmt == "channels_first" else shape
 
 
-def _from_hwc(h, w, c, fmt: str) -> Shape:
+def from_hwc(h, w, c, fmt: str) -> Shape:
     return (c, h, w) if fmt == "channels_first" else (h, w, c)
 
 
@@ -52,7 +53,7 @@ def prod(shape: Shape):
     return n
 
 
-def _broadcast(a, b, what: str):
+def broadcast_dim(a, b, what: str):
     if a is None:
         return b
     if b is None or a == b or b == 1:
@@ -62,7 +63,7 @@ def _broadcast(a, b, what: str):
     raise ShapeError(f"cannot {what} inputs whose dimensions {a} and {b} differ")
 
 
-def _positive_pair(attrs: dict, key: str, default=None) -> tuple[int, int]:
+def positive_pair(attrs: dict, key: str, default=None) -> tuple[int, int]:
     value = attrs.get(key, default)
     if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
             isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
@@ -71,15 +72,15 @@ def _positive_pair(attrs: dict, key: str, default=None) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
-def _window(attrs: dict, shape: Shape, k: tuple, channels, where: str) -> Shape:
+def window_shape(attrs: dict, shape: Shape, k: tuple, channels, where: str) -> Shape:
     """Output shape of a convolution or pooling window; refuses sizes that would let an index
     leave its buffer (a size, stride or dilation < 1) and padded inputs or window index maps
     above the per-tensor limit."""
     fmt = attrs.get("data_format", "channels_last")
-    h, w, c = _hwc(shape, fmt)
-    k = _positive_pair({"kernel or pool size": tuple(k)}, "kernel or pool size")
-    d = _positive_pair(attrs, "dilation", (1, 1))
-    s, p = _positive_pair(attrs, "strides"), attrs["padding"]
+    h, w, c = hwc(shape, fmt)
+    k = positive_pair({"kernel or pool size": tuple(k)}, "kernel or pool size")
+    d = positive_pair(attrs, "dilation", (1, 1))
+    s, p = positive_pair(attrs, "strides"), attrs["padding"]
     if p not in ("valid", "same"):
         raise ShapeError(f"padding {p!r} is neither 'valid' nor 'same'")
     oh, ow = window_out(h, k[0], s[0], d[0], p), window_out(w, k[1], s[1], d[1], p)
@@ -89,7 +90,7 @@ def _window(attrs: dict, shape: Shape, k: tuple, channels, where: str) -> Shape:
         _limit(padded, where, "the zero-padded input")
     if None not in (oh, ow):
         _limit((oh * ow, k[0] * k[1]), where, "the window index map (positions x taps)")
-    return _from_hwc(oh, ow, c if channels is None else channels, fmt)
+    return from_hwc(oh, ow, c if channels is None else channels, fmt)
 
 
 def _limit(shape: Shape, where: str, what: str) -> None:
@@ -99,7 +100,7 @@ def _limit(shape: Shape, where: str, what: str) -> None:
         raise ShapeError(str(exc).split(": ", 1)[1]) from None
 
 
-def _check_scales(attrs: dict, x: Shape) -> None:
+def check_scales(attrs: dict, x: Shape) -> None:
     """Rescaling's scale / offset lists broadcast on the last axis: one value or one per
     channel."""
     for key in ("scale", "offset"):
@@ -112,75 +113,33 @@ def _check_scales(attrs: dict, x: Shape) -> None:
 
 def output_shape(op: str, attrs: dict, weights: dict, shapes: list[Shape],
                  where: str = "") -> Shape:
-    """Output shape of one op; raises `ShapeError` if the inputs do not fit or the output (one
-    image's tensor) is above the per-tensor limit."""
-    out = _output_shape(op, attrs, weights, shapes, where)
+    """Output shape of one op, by its registered shape rule; raises `ShapeError` if the inputs
+    do not fit or the output (one image's tensor) is above the per-tensor limit."""
+    spec = registry.spec(op)
+    if spec.n_inputs is None:
+        if not shapes or len({len(s) for s in shapes}) != 1:
+            raise ShapeError(f"cannot {op} inputs of shapes {shapes}")
+    elif len(shapes) != spec.n_inputs:
+        raise ShapeError(f"expects one input, got {len(shapes)}")
+    out = tuple(spec.shape(attrs, weights, shapes, where))
+    if any(d is not None and d <= 0 for d in out):
+        raise ShapeError(f"gives an empty output shape {out}; the input {shapes[0]} is smaller "
+                         f"than the kernel or pool")
     _limit(tuple(1 if d is None else d for d in out), where, "the output tensor of one image")
     return out
 
 
-def _output_shape(op: str, attrs: dict, weights: dict, shapes: list[Shape],
-                  where: str) -> Shape:
-    if op in ("add", "concatenate"):
-        if not shapes or len({len(s) for s in shapes}) != 1:
-            raise ShapeError(f"cannot {op} inputs of shapes {shapes}")
-        return _merge(op, attrs, shapes)
-    if len(shapes) != 1:
-        raise ShapeError(f"expects one input, got {len(shapes)}")
-    (x,) = shapes
-    if op == "conv2d":
-        kernel = weights["kernel"]
-        c = _hwc(x, attrs.get("data_format", "channels_last"))[2]
-        if c is not None and kernel.shape[2] != c:
-            raise ShapeError(f"kernel of shape {kernel.shape} expects {kernel.shape[2]} input "
-                             f"channels, the input has {c}")
-        out = _window(attrs, x, kernel.shape[:2], kernel.shape[3], where)
-    elif op in ("max_pool2d", "avg_pool2d"):
-        out = _window(attrs, x, attrs["pool"], None, where)
-    elif op == "dense":
-        kernel = weights["kernel"]
-        if not x or (x[-1] is not None and x[-1] != kernel.shape[0]):
-            raise ShapeError(f"kernel of shape {kernel.shape} does not fit an input of shape {x}")
-        out = (*x[:-1], kernel.shape[1])
-    elif op in ("global_avg_pool2d", "global_max_pool2d"):
-        fmt = attrs.get("data_format", "channels_last")
-        c = _hwc(x, fmt)[2]
-        out = _from_hwc(1, 1, c, fmt) if attrs.get("keepdims") else (c,)
-    elif op == "flatten":
-        out = (prod(x),)
-    elif op == "reshape":
-        out = _reshape(x, tuple(attrs["target_shape"]))
-    elif op == "zero_pad2d":
-        fmt = attrs.get("data_format", "channels_last")
-        h, w, c = _hwc(x, fmt)
-        (t, b), (lf, r) = attrs["padding"]
-        if min(t, b, lf, r) < 0:
-            raise ShapeError(f"padding {attrs['padding']} must be >= 0")
-        out = _from_hwc(None if h is None else h + t + b, None if w is None else w + lf + r, c,
-                        fmt)
-    elif op == "channel_logsumexp":   # a module's head: [z_c, logsumexp of the others]
-        c = attrs.get("class_index", 0)
-        if len(x) != 1 or (x[0] is not None and not 0 <= c < x[0]):
-            raise ShapeError(f"class_index {c} does not fit logits of shape {x}")
-        out = (2,)
-    else:   # element-wise ops keep the shape
-        if op == "rescaling":
-            _check_scales(attrs, x)
-        out = tuple(x)
-    if any(d is not None and d <= 0 for d in out):
-        raise ShapeError(f"gives an empty output shape {out}; the input {x} is smaller than "
-                         f"the kernel or pool")
-    return tuple(out)
+def add_shape(shapes: list[Shape]) -> Shape:
+    """Element-wise sum: equal dimensions, or 1 / open ones broadcast."""
+    out = shapes[0]
+    for s in shapes[1:]:
+        out = tuple(broadcast_dim(a, b, "add") for a, b in zip(out, s))
+    return out
 
 
-def _merge(op: str, attrs: dict, shapes: list[Shape]) -> Shape:
+def concat_shape(axis: int, shapes: list[Shape]) -> Shape:
+    """Concatenation along `axis` (counted with the batch axis): other dimensions agree."""
     rank = len(shapes[0])
-    if op == "add":
-        out = shapes[0]
-        for s in shapes[1:]:
-            out = tuple(_broadcast(a, b, "add") for a, b in zip(out, s))
-        return out
-    axis = int(attrs.get("axis", -1))
     pos = axis + rank + 1 if axis < 0 else axis
     if not 1 <= pos <= rank:
         raise ShapeError(f"axis {axis} is out of range for inputs of rank {rank + 1}")
@@ -197,7 +156,7 @@ def _merge(op: str, attrs: dict, shapes: list[Shape]) -> Shape:
     return tuple(out)
 
 
-def _reshape(x: Shape, target: tuple) -> Shape:
+def reshape_shape(x: Shape, target: tuple) -> Shape:
     if sum(d == -1 for d in target) > 1 or any(d < -1 or d == 0 for d in target):
         raise ShapeError(f"target_shape {target} is not valid")
     total, known = prod(x), prod(tuple(d for d in target if d != -1))
