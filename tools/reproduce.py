@@ -124,7 +124,8 @@ def table1(args) -> tuple[dict, str]:
     rows, data = [], {"model": args.model, "data": args.data, "settings": {}}
     settings = ("none", "last_conv", "input")
     results = run_decomposition_settings(   # one recording pass serves all three
-        args.model, args.data, {s: str(Path(args.out) / f"table1-{s}") for s in settings},
+        args.model, args.data,
+        {s: str(Path(args.out) / f"{args.name or 'table1'}-{s}") for s in settings},
         data_dir=args.data_dir, limit=args.limit, delta=args.delta, seed=args.seed,
         progress=not args.no_progress)
     for setting in settings:
