@@ -427,3 +427,21 @@ def test_numba_disk_cache_serves_the_installed_kernels(tmp_path):
     assert runs[0]["misses"] >= 1 and runs[0]["hits"] == 0
     assert runs[1]["misses"] == 0 and runs[1]["hits"] >= 1
     assert list((tmp_path / "cache").rglob("add._add2-*.nbi")), "no cache index written"
+
+
+def test_stale_numba_caches_of_another_package_name_are_dropped_once(tmp_path):
+    """Caches compiled under another package name go (they would fail to load); caches
+    written after the stamp stay."""
+    from refdecomp.kernels import CACHE_STAMP, drop_caches_of_other_package
+
+    (tmp_path / "conv.pack_rows-54.py311.nbi").write_bytes(b"old")
+    (tmp_path / "conv.pack_rows-54.py311.1.nbc").write_bytes(b"old")
+    (tmp_path / "keep.txt").write_text("not a cache")
+    assert drop_caches_of_other_package(tmp_path, "refdecomp.kernels")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CACHE_STAMP, "keep.txt"])
+    (tmp_path / "conv.pack_rows-54.py311.nbi").write_bytes(b"new")
+    assert not drop_caches_of_other_package(tmp_path, "refdecomp.kernels")
+    assert (tmp_path / "conv.pack_rows-54.py311.nbi").exists()
+    (tmp_path / CACHE_STAMP).write_text("kernels")          # imported under another name
+    assert drop_caches_of_other_package(tmp_path, "refdecomp.kernels")
+    assert not (tmp_path / "conv.pack_rows-54.py311.nbi").exists()
