@@ -7,7 +7,6 @@ fused epilogue adds bias, records, activates and masks while the chunk is still 
 from __future__ import annotations
 
 import importlib
-import threading
 
 import numpy as np
 from numba import njit
@@ -17,7 +16,7 @@ from .epilogue import epilogue, recording_target
 from .isa import ISA
 from .jit import compile_vectorized
 from .microkernel_source import TILES, kernel_name
-from .threads import parallel_blocks
+from .threads import pad_buffer, parallel_blocks
 
 #: target size in floats of one chunk of linear output (images * positions * channels): 1 MB,
 #: an L2 cache, so the epilogue reads what the kernel has just written; fewer, larger chunks
@@ -75,18 +74,6 @@ def pack_rows(x, img0, n_img, pt, pl, buf):
                         buf[n, hp, c, wp] = x[img0 + n, ih, iw, c]
 
 
-_BUFFERS = threading.local()
-
-
-def _pad_buffer(shape: tuple[int, ...]) -> np.ndarray:
-    """This thread's reused padding buffer (layers run one after another within a thread)."""
-    size = int(np.prod(shape))
-    buf = getattr(_BUFFERS, "pad", None)
-    if buf is None or buf.size < size:
-        buf = _BUFFERS.pad = np.empty(size, np.float32)
-    return buf[:size].reshape(shape)
-
-
 class Conv2D:
     """A convolution bound to its weights; call with an NHWC float32 batch."""
 
@@ -120,7 +107,7 @@ class Conv2D:
         def block(b0, b1):
             for i0 in range(b0, b1, per_chunk):
                 m = min(per_chunk, b1 - i0)
-                buf = _pad_buffer((m, hp, cin, wp))
+                buf = pad_buffer((m, hp, cin, wp))
                 pack_rows(x, i0, m, pt, pl, buf)
                 xf, x_img, x_row = buf.reshape(-1), hp * cin * wp, cin * wp
                 rows = out[i0 * P:(i0 + m) * P]

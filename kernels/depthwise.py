@@ -19,14 +19,12 @@ this class shares.
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 from numba import njit
 
 from ..windows import geometry
 from .epilogue import epilogue, recording_target
-from .threads import parallel_blocks
+from .threads import pad_buffer, parallel_blocks
 
 #: target size in floats of one chunk of output (images * positions * channels), as in
 #: kernels.conv: an L2 cache, so the epilogue reads what the kernel has just written
@@ -148,18 +146,6 @@ def tap_offsets(kshape, dilation, sw: int, x_row: int, wq: int, channels: int) -
                      for i in range(kh) for j in range(kw)], np.uint64)
 
 
-_BUFFERS = threading.local()
-
-
-def _pad_buffer(shape: tuple[int, ...]) -> np.ndarray:
-    """This thread's reused padding buffer (layers run one after another within a thread)."""
-    size = int(np.prod(shape))
-    buf = getattr(_BUFFERS, "pad", None)
-    if buf is None or buf.size < size:
-        buf = _BUFFERS.pad = np.empty(size, np.float32)
-    return buf[:size].reshape(shape)
-
-
 class DepthwiseConv2D:
     """A depthwise convolution bound to its weights: kernel (KH, KW, Cin, M) as Keras stores
     it, bias (Cin * M,) or None; `act` an activation code tuple (`activation_code`). Call it
@@ -205,7 +191,7 @@ class DepthwiseConv2D:
         def block(b0, b1):
             for i0 in range(b0, b1, per_chunk):
                 m = min(per_chunk, b1 - i0)
-                buf = _pad_buffer((m, hp, sw, wq, cout))
+                buf = pad_buffer((m, hp, sw, wq, cout))
                 pack_phased(x, i0, m, pt, pl, self.multiplier, buf)
                 rows = out[i0 * P:(i0 + m) * P]
                 depthwise_taps(buf.reshape(-1), hp * x_row, x_row, self.tiled, toff,

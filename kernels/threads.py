@@ -16,6 +16,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 _POOL: ThreadPoolExecutor | None = None
 BLOCKS_PER_WORKER = 4
 _STATE = threading.local()
@@ -87,3 +89,16 @@ def parallel_blocks(fn, n: int) -> None:
         fn(0, n)
         return
     _run_split(fn, 0, n, min(n, BLOCKS_PER_WORKER * w), w)   # several per worker: balance
+
+
+_BUFFERS = threading.local()
+
+
+def pad_buffer(shape: tuple[int, ...]) -> np.ndarray:
+    """This thread's reused float32 padding buffer for one layer call (the layers run one
+    after another within a thread, so one buffer per thread serves every kernel)."""
+    size = int(np.prod(shape))
+    buf = getattr(_BUFFERS, "pad", None)
+    if buf is None or buf.size < size:
+        buf = _BUFFERS.pad = np.empty(size, np.float32)
+    return buf[:size].reshape(shape)

@@ -9,25 +9,14 @@ and it is tested against Keras. Keras semantics:
   then a 1x1 convolution with the pointwise kernel (1, 1, Cin * M, Cout) and the bias; the
   activation comes after both. As a graph: a depthwise node followed by a plain 1x1 conv2d node,
   so recording and masks apply to the pointwise output (and, if wanted, to the depthwise one).
-* `valid` keeps the windows that fit; `same` gives ceil(size / stride) outputs and pads the
-  shortfall with the extra cell at the bottom / right (as `refdecomp.windows`, restated here so
-  that this file depends on nothing it is meant to check).
+* Window geometry (`valid` / `same`) is `refdecomp.windows`, the one place shared with the
+  other reference ops and the kernels.
 """
 from __future__ import annotations
 
 import numpy as np
 
-
-def _out_and_pads(size: int, k: int, stride: int, padding: str, dilation: int):
-    """(output size, pad before, pad after) along one spatial axis."""
-    span = (k - 1) * dilation + 1
-    if padding == "valid":
-        return max((size - span) // stride + 1, 0), 0, 0
-    if padding == "same":
-        out = -(-size // stride)
-        total = max((out - 1) * stride + span - size, 0)
-        return out, total // 2, total - total // 2
-    raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+from ..windows import out_size_and_pads
 
 
 def depthwise_conv2d(x, kernel, bias=None, strides=(1, 1), padding="valid", dilation=(1, 1),
@@ -41,7 +30,7 @@ def depthwise_conv2d(x, kernel, bias=None, strides=(1, 1), padding="valid", dila
     if xh.shape[3] != cin:
         raise ValueError(f"kernel has {cin} input channels, x has {xh.shape[3]}")
     (oh, pt, pb), (ow, pl, pr) = (
-        _out_and_pads(xh.shape[1 + a], kernel.shape[a], strides[a], padding, dilation[a])
+        out_size_and_pads(xh.shape[1 + a], kernel.shape[a], strides[a], padding, dilation[a])
         for a in range(2))
     xp = np.pad(xh.astype(np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     acc = np.zeros((xh.shape[0], oh, ow, cin, mult))
