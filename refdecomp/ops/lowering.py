@@ -18,6 +18,7 @@ from ..kernels.add import add as add_kernel
 from ..kernels.conv import Conv2D
 from ..kernels.dense import Dense
 from ..kernels.depthwise import DepthwiseConv2D
+from ..kernels.epilogue import PerThreadRecord
 from ..kernels.pool import pool2d
 from . import reference as ref
 
@@ -39,11 +40,20 @@ def _weighted(node: Node, kernel, positions: int, channels: int, channels_first:
     def run(x, mask, seen, groups):
         fused_mask = mask is not None and code is not None
         y = kernel(x, mask.reshape(-1) if fused_mask else NO_MASK, sp, sc,
-                   NO_SEEN if seen is None else seen, sp, sc,   # a Recorder's PerThreadRecord
+                   _flat_seen(seen), sp, sc,
                    NO_GROUPS if groups is None else groups)
         return y, (None if code is not None else node.activation), \
             (mask if mask is not None and not fused_mask else None), where
     return run
+
+
+def _flat_seen(seen):
+    """Recording target as the kernels address it: a `PerThreadRecord` (already flat,
+    resolved per thread inside the kernels) or a (n_groups, ...) array, flattened per group
+    (an array must then be written from one thread only)."""
+    if seen is None:
+        return NO_SEEN
+    return seen if isinstance(seen, PerThreadRecord) else seen.reshape(seen.shape[0], -1)
 
 
 def _finish(y, act, mask, where):
